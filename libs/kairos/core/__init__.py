@@ -1,0 +1,1 @@
+"""Shared infrastructure for every Kairos service: config, logging, errors, gRPC, database and NATS."""
