@@ -1,0 +1,1 @@
+"""Built-in agents that run in-process through the `python` runner."""

@@ -1,0 +1,371 @@
+"""The `kairos` command: run the suite (`dev`, `serve`) and manage triggers, webhooks and runs from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf.message import Message
+
+from kairos.client import KairosClient, error_details, schedule_trigger, webhook_trigger
+from kairos.client.builders import event_trigger
+from kairos.core.config import DEFAULT_DATA_DIR, ConfigError, ServiceConfig, default_database_url
+from kairos.core.log import configure_logging
+from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
+from kairos.v1 import (
+    run_pb2,
+    run_service_pb2,
+    trigger_pb2,
+    trigger_service_pb2,
+    webhook_pb2,
+    webhook_service_pb2,
+    workspace_pb2,
+    workspace_service_pb2,
+)
+
+ENDPOINTS_FILE = "endpoints.json"
+DEV_WORKSPACE = "dev"
+DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+WEBHOOK_AUTH = {
+    "bearer": webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_BEARER_TOKEN,
+    "shared-secret": webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER,
+}
+
+__all__ = ["SERVICE_MODULES", "main"]
+
+
+def _print(message: Message) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+def _duration(text: str) -> timedelta:
+    match = DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 5m, 2h or 1d")
+    return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _instant(text: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2026-12-01T09:00:00Z") from None
+    if instant.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs an offset or Z")
+    return instant.astimezone(UTC)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _client_address(data_dir: Path) -> str:
+    """KAIROS_ADDRESS, else the address a running `kairos dev` wrote, else the default."""
+    if os.environ.get("KAIROS_ADDRESS"):
+        return os.environ["KAIROS_ADDRESS"]
+    endpoints = data_dir / ENDPOINTS_FILE
+    if endpoints.exists():
+        return json.loads(endpoints.read_text())["grpc"]
+    return "127.0.0.1:50051"
+
+
+# ---------------------------------------------------------------- running the suite
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = ServiceConfig.from_env()
+    configure_logging(config.log_format, config.log_level)
+    asyncio.run(run_services([args.service], config))
+    return 0
+
+
+async def _dev(args: argparse.Namespace) -> None:
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    configure_logging(env.get("KAIROS_LOG_FORMAT", "console"), env.get("KAIROS_LOG_LEVEL", "warning"))
+    async with AsyncExitStack() as stack:
+        if not env.get("KAIROS_NATS_URL"):
+            from kairos.core.natsserver import EmbeddedNatsServer
+
+            nats_server = EmbeddedNatsServer(data_dir / "nats")
+            await nats_server.start()
+            stack.push_async_callback(nats_server.stop)
+            env["KAIROS_NATS_URL"] = nats_server.url
+        env.setdefault("KAIROS_DATABASE_URL", default_database_url(data_dir))
+        env.setdefault("KAIROS_GRPC_PORT", "50051" if _free(50051) else "0")
+        env.setdefault("KAIROS_HTTP_PORT", "8080" if _free(8080) else "0")
+        config = ServiceConfig.from_env(env)
+
+        async def announce(runtime: Runtime) -> None:
+            workspaces = runtime.extras["workspaces"]
+            await workspaces.ensure_workspace(DEV_WORKSPACE, "Development")
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            _, key = await workspaces.create_api_key(
+                DEV_WORKSPACE, workspace_pb2.ApiKey(display_name=f"kairos dev {stamp}")
+            )
+            endpoints = {**runtime.endpoints, "nats": config.nats_url}
+            (data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2) + "\n")
+            print(
+                "\nKairos is running (Ctrl-C stops it).\n"
+                f"  gRPC       {endpoints['grpc']}   (grpcurl -plaintext {endpoints['grpc']} list)\n"
+                f"  webhooks   {endpoints['webhooks']}<webhook id>\n"
+                f"  NATS       {config.nats_url}\n"
+                f"  data       {data_dir.resolve()}\n"
+                f"  workspace  workspaces/{DEV_WORKSPACE}\n"
+                "\nA development API key for this session (shown once, stored only as a hash):\n"
+                f"  export KAIROS_API_KEY={key}\n",
+                flush=True,
+            )
+
+        await run_services(list(SERVICE_MODULES), config, on_ready=announce)
+    print("Kairos stopped.", flush=True)
+
+
+# ---------------------------------------------------------------- client commands
+
+
+def _trigger_from_args(args: argparse.Namespace) -> trigger_pb2.Trigger:
+    action = {
+        "agent": args.agent,
+        "prompt": args.prompt,
+        "input_template": args.input,
+        "entry_point": args.entry_point,
+        "http_url": args.http_url,
+        "nats_subject": args.nats_subject,
+        "owner": args.owner,
+    }
+    if args.webhook:
+        trigger = webhook_trigger(display_name=args.name, **action)
+    elif args.event:
+        trigger = event_trigger(args.event, display_name=args.name, **action)
+    else:
+        trigger = schedule_trigger(
+            cron=args.cron,
+            every=args.every,
+            at=args.at,
+            timezone=args.timezone,
+            display_name=args.name,
+            **action,
+        )
+    if args.draft:
+        trigger.state = trigger_pb2.TriggerState.TRIGGER_STATE_DRAFT
+    return trigger
+
+
+async def _call(args: argparse.Namespace) -> None:
+    async with KairosClient(_client_address(Path(args.data_dir)), os.environ.get("KAIROS_API_KEY", "")) as kairos:
+        await COMMANDS[args.command](kairos, args)
+
+
+async def _triggers(kairos: KairosClient, args: argparse.Namespace) -> None:
+    t, ts = kairos.triggers, trigger_service_pb2
+    match args.action:
+        case "create":
+            request = ts.CreateTriggerRequest(trigger=_trigger_from_args(args), request_id=args.request_id)
+            _print((await t.CreateTrigger(request)).trigger)
+        case "list":
+            _print(await t.ListTriggers(ts.ListTriggersRequest(page_size=args.page_size, page_token=args.page_token)))
+        case "get":
+            _print((await t.GetTrigger(ts.GetTriggerRequest(name=args.name))).trigger)
+        case "pause":
+            _print((await t.PauseTrigger(ts.PauseTriggerRequest(name=args.name, note=args.note))).trigger)
+        case "resume":
+            _print((await t.ResumeTrigger(ts.ResumeTriggerRequest(name=args.name, note=args.note))).trigger)
+        case "delete":
+            await t.DeleteTrigger(ts.DeleteTriggerRequest(name=args.name))
+            print(f"deleted {args.name}")
+        case "fire":
+            overrides = struct_pb2.Struct()
+            overrides.update(args.input or {})
+            _print(await t.FireTrigger(ts.FireTriggerRequest(name=args.name, input=overrides)))
+        case "upcoming":
+            parent = args.name or "workspaces/-"
+            _print(await t.ListUpcomingRuns(ts.ListUpcomingRunsRequest(parent=parent, page_size=args.count)))
+        case "set-prompt":
+            patch = trigger_pb2.Trigger(name=args.name, action=trigger_pb2.Action(prompt=args.prompt))
+            mask = field_mask_pb2.FieldMask(paths=["action.prompt"])
+            _print((await t.UpdateTrigger(ts.UpdateTriggerRequest(trigger=patch, update_mask=mask))).trigger)
+
+
+async def _webhooks(kairos: KairosClient, args: argparse.Namespace) -> None:
+    w, ws = kairos.webhooks, webhook_service_pb2
+    match args.action:
+        case "create":
+            webhook = webhook_pb2.Webhook(trigger=args.trigger, auth_mode=WEBHOOK_AUTH[args.auth])
+            for mapping in args.map or ():
+                path, _, field = mapping.partition("=")
+                webhook.field_mapping[path] = field
+            response = await w.CreateWebhook(ws.CreateWebhookRequest(webhook=webhook))
+            _print(response.webhook)
+            base = (
+                json.loads((Path(args.data_dir) / ENDPOINTS_FILE).read_text())["webhooks"]
+                if (Path(args.data_dir) / ENDPOINTS_FILE).exists()
+                else "http://127.0.0.1:8080/hooks/"
+            )
+            print(f"\nURL:    {base}{response.webhook.name.rsplit('/', 1)[1]}")
+            print(f"Secret: {response.secret}   (shown once; store it now)")
+        case "list":
+            _print(await w.ListWebhooks(ws.ListWebhooksRequest(trigger=args.trigger)))
+        case "get":
+            _print((await w.GetWebhook(ws.GetWebhookRequest(name=args.name))).webhook)
+        case "delete":
+            await w.DeleteWebhook(ws.DeleteWebhookRequest(name=args.name))
+            print(f"deleted {args.name}")
+
+
+async def _runs(kairos: KairosClient, args: argparse.Namespace) -> None:
+    r, rs = kairos.runs, run_service_pb2
+    match args.action:
+        case "list":
+            status = run_pb2.RunStatus.Value(f"RUN_STATUS_{args.status.upper()}") if args.status else 0
+            request = rs.ListRunsRequest(parent=args.trigger or "workspaces/-", page_size=args.page_size, status=status)
+            _print(await r.ListRuns(request))
+        case "get":
+            _print((await r.GetRun(rs.GetRunRequest(name=args.name))).run)
+
+
+async def _workspaces(kairos: KairosClient, args: argparse.Namespace) -> None:
+    w, ws = kairos.workspaces, workspace_service_pb2
+    match args.action:
+        case "create":
+            workspace = workspace_pb2.Workspace(name=f"workspaces/{args.id}", display_name=args.display_name)
+            _print((await w.CreateWorkspace(ws.CreateWorkspaceRequest(workspace=workspace))).workspace)
+        case "create-key":
+            response = await w.CreateApiKey(
+                ws.CreateApiKeyRequest(
+                    parent=f"workspaces/{args.id}",
+                    api_key=workspace_pb2.ApiKey(display_name=args.display_name),
+                )
+            )
+            _print(response.api_key)
+            print(f"\nAPI key: {response.key}   (shown once; store it now)")
+
+
+COMMANDS = {"triggers": _triggers, "webhooks": _webhooks, "runs": _runs, "workspaces": _workspaces}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kairos", description=__doc__)
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where kairos dev keeps its data")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("dev", help="run the whole suite on this machine (embedded NATS + SQLite)")
+    serve = commands.add_parser("serve", help="run one service, configured by KAIROS_* variables")
+    serve.add_argument("service", choices=sorted(SERVICE_MODULES))
+
+    triggers = commands.add_parser("triggers", help="manage triggers").add_subparsers(dest="action", required=True)
+    create = triggers.add_parser("create", help="create a trigger (schedule, webhook or event)")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cron", default="", help="cron expression, e.g. '0 9 * * 1-5' or '*/5 * * * * *'")
+    source.add_argument("--every", type=_duration, help="interval such as 30s, 5m, 2h")
+    source.add_argument("--at", type=_instant, help="one-shot ISO 8601 instant")
+    source.add_argument("--webhook", action="store_true", help="fire from a webhook")
+    source.add_argument("--event", default="", help="fire on a platform event type")
+    create.add_argument("--timezone", default="", help="IANA zone for --cron (default UTC)")
+    create.add_argument("--name", default="", help="display name")
+    create.add_argument("--agent", default="agents/demo")
+    create.add_argument("--prompt", default="")
+    create.add_argument("--input", type=_json_object, help="input template, a JSON object")
+    create.add_argument("--entry-point", default="", help="python runner module:function (default: the demo agent)")
+    create.add_argument("--http-url", default="", help="POST runs to this agent URL instead")
+    create.add_argument("--nats-subject", default="", help="request runs on this NATS subject instead")
+    create.add_argument("--owner", default="")
+    create.add_argument("--draft", action="store_true", help="create as a draft that does not fire")
+    create.add_argument("--request-id", default="", help="idempotency key")
+    listing = triggers.add_parser("list")
+    listing.add_argument("--page-size", type=int, default=50)
+    listing.add_argument("--page-token", default="")
+    for verb in ("get", "delete"):
+        triggers.add_parser(verb).add_argument("name")
+    for verb in ("pause", "resume"):
+        state = triggers.add_parser(verb)
+        state.add_argument("name")
+        state.add_argument("--note", default="")
+    fire = triggers.add_parser("fire", help="fire now, whatever the schedule")
+    fire.add_argument("name")
+    fire.add_argument("--input", type=_json_object, help="input overrides, a JSON object")
+    upcoming = triggers.add_parser("upcoming", help="next fire times of a trigger or the workspace")
+    upcoming.add_argument("name", nargs="?", default="")
+    upcoming.add_argument("--count", type=int, default=10)
+    prompt = triggers.add_parser("set-prompt", help="update a trigger's prompt")
+    prompt.add_argument("name")
+    prompt.add_argument("prompt")
+
+    webhooks = commands.add_parser("webhooks", help="manage webhooks").add_subparsers(dest="action", required=True)
+    create_webhook = webhooks.add_parser("create", help="create a webhook for a webhook trigger")
+    create_webhook.add_argument("--trigger", required=True)
+    create_webhook.add_argument("--auth", choices=sorted(WEBHOOK_AUTH), default="bearer")
+    create_webhook.add_argument("--map", action="append", help="field mapping PATH=FIELD, e.g. contact.phone=phone_to")
+    webhooks.add_parser("list").add_argument("--trigger", default="")
+    for verb in ("get", "delete"):
+        webhooks.add_parser(verb).add_argument("name")
+
+    runs = commands.add_parser("runs", help="read run history").add_subparsers(dest="action", required=True)
+    list_runs = runs.add_parser("list")
+    list_runs.add_argument("--trigger", default="", help="only this trigger's runs")
+    list_runs.add_argument(
+        "--status",
+        default="",
+        choices=["", "running", "completed", "failed", "cancelled", "timed_out", "skipped"],
+    )
+    list_runs.add_argument("--page-size", type=int, default=20)
+    runs.add_parser("get").add_argument("name")
+
+    workspaces = commands.add_parser("workspaces", help="administer workspaces (KAIROS_API_KEY = admin key)")
+    workspace_actions = workspaces.add_subparsers(dest="action", required=True)
+    for verb in ("create", "create-key"):
+        sub = workspace_actions.add_parser(verb)
+        sub.add_argument("id")
+        sub.add_argument("--display-name", default="")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            sys.exit(_serve(args))
+        if args.command == "dev":
+            asyncio.run(_dev(args))
+            return
+        asyncio.run(_call(args))
+    except ConfigError as error:
+        sys.exit(f"kairos: configuration error: {error}")
+    except grpc.aio.AioRpcError as error:
+        details = error_details(error)
+        print(f"kairos: {details.code.name}: {details.message}", file=sys.stderr)
+        if details.reason:
+            print(f"  reason: {details.reason} {details.metadata or ''}".rstrip(), file=sys.stderr)
+        for field, description in details.field_violations.items():
+            print(f"  {field}: {description}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

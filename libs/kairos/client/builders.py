@@ -1,0 +1,80 @@
+"""Builders for the common trigger shapes, so callers need not assemble nested messages by hand."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2
+
+from kairos.v1 import trigger_pb2
+
+DEMO_AGENT = "agents/demo"
+DEMO_ENTRY_POINT = "kairos.agents.demo:echo"
+
+
+def action(
+    agent: str = DEMO_AGENT,
+    *,
+    prompt: str = "",
+    input_template: dict[str, Any] | None = None,
+    entry_point: str = "",
+    http_url: str = "",
+    nats_subject: str = "",
+    owner: str = "",
+) -> trigger_pb2.Action:
+    """An action; with no runner named, the built-in demo agent runs in-process."""
+    result = trigger_pb2.Action(agent=agent, prompt=prompt, owner=owner)
+    if input_template:
+        template = struct_pb2.Struct()
+        template.update(input_template)
+        result.input_template.CopyFrom(template)
+    if http_url:
+        result.runner.http.url = http_url
+    elif nats_subject:
+        result.runner.nats.subject = nats_subject
+    else:
+        result.runner.python.entry_point = entry_point or DEMO_ENTRY_POINT
+    return result
+
+
+def schedule_trigger(
+    *,
+    cron: str = "",
+    every: timedelta | None = None,
+    at: datetime | None = None,
+    timezone: str = "",
+    display_name: str = "",
+    **action_fields: Any,
+) -> trigger_pb2.Trigger:
+    """A schedule trigger from exactly one of `cron`, `every` or `at`."""
+    if sum(bool(x) for x in (cron, every, at)) != 1:
+        raise ValueError("give exactly one of cron, every or at")
+    source = trigger_pb2.ScheduleSource(timezone=timezone)
+    if cron:
+        source.cron.expression = cron
+    elif every is not None:
+        source.interval.every.CopyFrom(duration_pb2.Duration(seconds=int(every.total_seconds())))
+    else:
+        source.one_shot.fire_time.FromDatetime(at)
+    return trigger_pb2.Trigger(
+        display_name=display_name,
+        source=trigger_pb2.TriggerSource(schedule=source),
+        action=action(**action_fields),
+    )
+
+
+def webhook_trigger(*, display_name: str = "", **action_fields: Any) -> trigger_pb2.Trigger:
+    return trigger_pb2.Trigger(
+        display_name=display_name,
+        source=trigger_pb2.TriggerSource(webhook=trigger_pb2.WebhookSource()),
+        action=action(**action_fields),
+    )
+
+
+def event_trigger(event_type: str, *, display_name: str = "", **action_fields: Any) -> trigger_pb2.Trigger:
+    return trigger_pb2.Trigger(
+        display_name=display_name,
+        source=trigger_pb2.TriggerSource(event=trigger_pb2.EventSource(event_type=event_type)),
+        action=action(**action_fields),
+    )

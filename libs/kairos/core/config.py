@@ -1,0 +1,88 @@
+"""Configuration read from `KAIROS_*` environment variables, failing at start-up with the variable's name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(".kairos")
+
+
+class ConfigError(Exception):
+    """A missing or malformed environment variable; the message names it."""
+
+
+def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = env.get(name, "").strip()
+    if value:
+        return value
+    if default is None:
+        raise ConfigError(f"{name} is required but not set")
+    return default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name} must be at least {minimum}{upper}, got {value}")
+    return value
+
+
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'kairos.db'}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings every service shares. Service-specific settings live beside each service."""
+
+    nats_url: str
+    grpc_host: str
+    grpc_port: int
+    log_format: str
+    log_level: str
+    database_url: str
+    admin_key: str
+    http_host: str
+    http_port: int
+    public_url: str
+    run_retention: int
+    python_runner_modules: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
+        env = os.environ if env is None else env
+        return cls(
+            nats_url=env_str(env, "KAIROS_NATS_URL", "nats://127.0.0.1:4222"),
+            grpc_host=env_str(env, "KAIROS_GRPC_HOST", "127.0.0.1"),
+            grpc_port=env_int(env, "KAIROS_GRPC_PORT", 50051, maximum=65535),
+            log_format=env_choice(env, "KAIROS_LOG_FORMAT", "json", ("json", "console")),
+            log_level=env_choice(env, "KAIROS_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            database_url=env_str(env, "KAIROS_DATABASE_URL", default_database_url()),
+            admin_key=env.get("KAIROS_ADMIN_KEY", "").strip(),
+            http_host=env_str(env, "KAIROS_HTTP_HOST", "127.0.0.1"),
+            http_port=env_int(env, "KAIROS_HTTP_PORT", 8080, maximum=65535),
+            public_url=env.get("KAIROS_PUBLIC_URL", "").strip().rstrip("/"),
+            run_retention=env_int(env, "KAIROS_RUN_RETENTION", 1000, minimum=1),
+            python_runner_modules=tuple(
+                module.strip()
+                for module in env_str(env, "KAIROS_PYTHON_RUNNER_MODULES", "kairos.agents").split(",")
+                if module.strip()
+            ),
+        )

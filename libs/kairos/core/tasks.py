@@ -1,0 +1,22 @@
+"""Background tasks that never die silently: a crash is logged with its traceback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def _report(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task crashed", task=task.get_name(), exc_info=task.exception())
+
+
+def spawn(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+    task = asyncio.create_task(coroutine, name=name)
+    task.add_done_callback(_report)
+    return task

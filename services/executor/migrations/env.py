@@ -1,0 +1,8 @@
+"""Alembic environment of the executor: migrates on the connection `kairos.core.db.migrate` hands over."""
+
+from alembic import context
+
+from kairos.core.db import run_migrations
+from kairos.executor.models import Base
+
+run_migrations(context, Base.metadata)

@@ -1,0 +1,45 @@
+"""Executor tables: the run history. `fire_id` is unique, so a redelivered or duplicated fire is one run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from kairos.registry.models import NAMING, UtcDateTime
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_trigger_fired", "workspace_id", "trigger_id", "fire_time", "id"),
+        Index("ix_runs_workspace_fired", "workspace_id", "fire_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(String(64))
+    trigger_id: Mapped[str] = mapped_column(String(64))
+    fire_id: Mapped[str] = mapped_column(String(400), unique=True)
+    trigger_type: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int] = mapped_column(Integer)
+    status_reason: Mapped[str] = mapped_column(String(400), default="")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    scheduled_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    fire_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_json: Mapped[str] = mapped_column(Text, default="{}")
+    output_json: Mapped[str] = mapped_column(Text, default="null")
+    payload_json: Mapped[str] = mapped_column(Text, default="null")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    agent: Mapped[str] = mapped_column(String(200), default="")
+    agent_version: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    webhook: Mapped[str] = mapped_column(String(200), default="")
+    event_type: Mapped[str] = mapped_column(String(200), default="")

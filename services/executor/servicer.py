@@ -1,0 +1,35 @@
+"""RunService: reads and cancels runs, scoped to the caller's workspace."""
+
+from __future__ import annotations
+
+from kairos.core.auth import check_workspace, workspace_for
+from kairos.core.names import parse_run, parse_trigger
+from kairos.executor.runs import RunStore, to_proto
+from kairos.v1 import run_service_pb2, run_service_pb2_grpc
+
+
+def _run_name(name: str):
+    parsed = parse_run(name)
+    check_workspace(parsed.workspace, name)
+    return parsed
+
+
+class RunServicer(run_service_pb2_grpc.RunServiceServicer):
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+
+    async def GetRun(self, request, context):
+        return run_service_pb2.GetRunResponse(run=to_proto(await self._store.get(_run_name(request.name))))
+
+    async def ListRuns(self, request, context):
+        if "/triggers/" in request.parent:
+            trigger = parse_trigger(request.parent, "parent")
+            check_workspace(trigger.workspace, request.parent)
+            workspace, trigger_id = trigger.workspace, trigger.trigger
+        else:
+            workspace, trigger_id = workspace_for(request.parent), None
+        rows, token = await self._store.list(workspace, trigger_id, request)
+        return run_service_pb2.ListRunsResponse(runs=[to_proto(row) for row in rows], next_page_token=token)
+
+    async def CancelRun(self, request, context):
+        return run_service_pb2.CancelRunResponse(run=to_proto(await self._store.cancel(_run_name(request.name))))

@@ -1,0 +1,1 @@
+"""The registry: the system of record for triggers, webhooks, workspaces, API keys and quotas."""

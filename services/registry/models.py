@@ -1,0 +1,126 @@
+"""Registry tables. A trigger's and a webhook's full configuration is stored as its protobuf message; the
+columns beside it exist to filter, count and enforce uniqueness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class WorkspaceRow(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    max_schedule_triggers: Mapped[int] = mapped_column(Integer, default=0)
+    max_webhook_event_triggers: Mapped[int] = mapped_column(Integer, default=0)
+    max_concurrent_runs: Mapped[int] = mapped_column(Integer, default=0)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class TriggerRow(Base):
+    __tablename__ = "triggers"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "request_id"),
+        Index("ix_triggers_workspace_created", "workspace_id", "create_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    state: Mapped[int] = mapped_column(Integer)
+    source_kind: Mapped[int] = mapped_column(Integer)
+    agent: Mapped[str] = mapped_column(String(200), default="")
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WebhookRow(Base):
+    __tablename__ = "webhooks"
+    __table_args__ = (UniqueConstraint("workspace_id", "request_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    trigger_id: Mapped[str] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WebhookCredentialRow(Base):
+    __tablename__ = "webhook_credentials"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    sealed_signing_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    hint: Mapped[str] = mapped_column(String(8))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class OutboxRow(Base):
+    """A committed change not yet on the NATS change feed: `value` None means delete `key` from `bucket`."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(256))
+    value: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,0 +1,354 @@
+"""Trigger lifecycle: create, read, list, update, delete, pause, resume, fire, and schedule introspection."""
+
+from __future__ import annotations
+
+import base64
+import heapq
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from nats.js import JetStreamContext
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kairos.core import messaging
+from kairos.core.errors import KairosError, aborted, invalid_argument, not_found, unavailable
+from kairos.core.names import TriggerName, new_id
+from kairos.core.schedule import Schedule, compile_schedule
+from kairos.registry import outbox
+from kairos.registry.models import TriggerRow, WebhookRow, WorkspaceRow
+from kairos.registry.validation import validate_trigger
+from kairos.v1 import fire_pb2, run_pb2, trigger_pb2, trigger_service_pb2
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+DEFAULT_MAX_SCHEDULE_TRIGGERS = 10_000
+DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS = 10_000
+UPDATABLE_PATHS = ("display_name", "description", "source", "action", "policies", "labels")
+State = trigger_pb2.TriggerState
+Kind = trigger_pb2.SourceKind
+SOURCE_KINDS = {
+    "schedule": Kind.SOURCE_KIND_SCHEDULE,
+    "webhook": Kind.SOURCE_KIND_WEBHOOK,
+    "event": Kind.SOURCE_KIND_EVENT,
+}
+
+
+def feed_key(workspace: str, trigger_id: str) -> str:
+    return f"{workspace}.{trigger_id}"
+
+
+def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE) -> int:
+    if requested < 0:
+        raise invalid_argument("INVALID_PAGE_SIZE", "page_size", "must not be negative")
+    return min(requested or default, MAX_PAGE_SIZE)
+
+
+def encode_page_token(*parts: str) -> str:
+    return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode()
+
+
+def decode_page_token(token: str, parts: int) -> list[str]:
+    try:
+        values = base64.urlsafe_b64decode(token.encode()).decode().split("\x1f")
+    except (ValueError, UnicodeDecodeError):
+        values = []
+    if len(values) != parts:
+        raise invalid_argument("INVALID_PAGE_TOKEN", "page_token", "is not a token this service issued")
+    return values
+
+
+def timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(instant)
+    return stamp
+
+
+@dataclass(frozen=True)
+class StoredTrigger:
+    trigger: trigger_pb2.Trigger
+    schedule: Schedule | None
+
+
+class TriggerRegistry:
+    """The domain operations behind TriggerService. Every method takes the caller's workspace id."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay, js: JetStreamContext):
+        self._sessions = sessions
+        self._relay = relay
+        self._js = js
+
+    @staticmethod
+    def _decode(row: TriggerRow) -> trigger_pb2.Trigger:
+        return trigger_pb2.Trigger.FromString(row.body)
+
+    def with_info(self, trigger: trigger_pb2.Trigger, now: datetime | None = None) -> trigger_pb2.Trigger:
+        """Fills the output-only next fire time of an active schedule trigger."""
+        if trigger.state == State.TRIGGER_STATE_ACTIVE and trigger.source.HasField("schedule"):
+            schedule = compile_schedule(
+                trigger.source.schedule,
+                anchor=trigger.create_time.ToDatetime(UTC),
+                field_prefix="trigger.source.schedule",
+            )
+            next_fire = schedule.next_fire_after(now or datetime.now(UTC))
+            if next_fire is not None:
+                trigger.info.next_fire_time.CopyFrom(timestamp(next_fire))
+        return trigger
+
+    async def _row(self, session: AsyncSession, name: TriggerName) -> TriggerRow:
+        row = await session.get(TriggerRow, name.trigger)
+        if row is None or row.workspace_id != name.workspace:
+            raise not_found(str(name))
+        return row
+
+    async def _check_quota(self, session: AsyncSession, workspace_id: str, kind: int) -> None:
+        workspace = await session.get(WorkspaceRow, workspace_id)
+        if workspace is None:
+            raise not_found(f"workspaces/{workspace_id}")
+        if kind == Kind.SOURCE_KIND_SCHEDULE:
+            kinds, limit = [kind], workspace.max_schedule_triggers or DEFAULT_MAX_SCHEDULE_TRIGGERS
+            label = "schedule"
+        else:
+            kinds = [Kind.SOURCE_KIND_WEBHOOK, Kind.SOURCE_KIND_EVENT]
+            limit = workspace.max_webhook_event_triggers or DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS
+            label = "webhook_event"
+        count = await session.scalar(
+            select(func.count()).where(TriggerRow.workspace_id == workspace_id, TriggerRow.source_kind.in_(kinds))
+        )
+        if count >= limit:
+            raise KairosError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "TRIGGER_LIMIT_EXCEEDED",
+                f"workspace {workspace_id} has {count} {label} triggers, its limit is {limit}",
+                metadata={"kind": label, "count": str(count), "limit": str(limit)},
+            )
+
+    def _store(self, session: AsyncSession, row: TriggerRow, trigger: trigger_pb2.Trigger) -> None:
+        row.body = trigger.SerializeToString()
+        row.state = trigger.state
+        row.revision = trigger.revision
+        row.agent = trigger.action.agent
+        row.update_time = trigger.update_time.ToDatetime(UTC)
+        outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), row.body)
+
+    async def create(self, workspace_id: str, draft: trigger_pb2.Trigger, request_id: str) -> trigger_pb2.Trigger:
+        if len(request_id) > 128:
+            raise invalid_argument("INVALID_REQUEST_ID", "request_id", "must be at most 128 characters")
+        async with self._sessions() as session:
+            if request_id:
+                existing = await session.scalar(
+                    select(TriggerRow).where(
+                        TriggerRow.workspace_id == workspace_id, TriggerRow.request_id == request_id
+                    )
+                )
+                if existing is not None:
+                    return self.with_info(self._decode(existing))
+            now = datetime.now(UTC)
+            schedule = validate_trigger(draft, now)
+            kind = SOURCE_KINDS[draft.source.WhichOneof("kind")]
+            await self._check_quota(session, workspace_id, kind)
+            trigger_id = new_id("t")
+            trigger = trigger_pb2.Trigger()
+            trigger.CopyFrom(draft)
+            trigger.name = str(TriggerName(workspace_id, trigger_id))
+            trigger.ClearField("info")
+            if trigger.source.HasField("webhook"):
+                trigger.source.webhook.ClearField("webhooks")
+            if schedule is not None:
+                trigger.source.schedule.CopyFrom(schedule.to_proto())
+            if trigger.state == State.TRIGGER_STATE_UNSPECIFIED:
+                trigger.state = State.TRIGGER_STATE_ACTIVE
+            trigger.revision = 1
+            trigger.etag = "1"
+            trigger.create_time.CopyFrom(timestamp(now))
+            trigger.update_time.CopyFrom(timestamp(now))
+            row = TriggerRow(
+                id=trigger_id,
+                workspace_id=workspace_id,
+                request_id=request_id or None,
+                source_kind=kind,
+                create_time=now,
+            )
+            self._store(session, row, trigger)
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if not request_id:
+                    raise
+                return await self.create(workspace_id, draft, request_id)
+        await self._relay.flush_soon()
+        return self.with_info(trigger, now)
+
+    async def get(self, name: TriggerName) -> trigger_pb2.Trigger:
+        async with self._sessions() as session:
+            return self.with_info(self._decode(await self._row(session, name)))
+
+    async def list(
+        self, workspace_id: str, request: trigger_service_pb2.ListTriggersRequest
+    ) -> tuple[list[trigger_pb2.Trigger], str]:
+        limit = page_size(request.page_size)
+        query = select(TriggerRow).where(TriggerRow.workspace_id == workspace_id)
+        if request.state:
+            query = query.where(TriggerRow.state == request.state)
+        if request.source_kind:
+            query = query.where(TriggerRow.source_kind == request.source_kind)
+        if request.agent:
+            query = query.where(TriggerRow.agent == request.agent)
+        if request.page_token:
+            created, last_id = decode_page_token(request.page_token, 2)
+            created_at = datetime.fromisoformat(created)
+            query = query.where(
+                (TriggerRow.create_time < created_at)
+                | ((TriggerRow.create_time == created_at) & (TriggerRow.id < last_id))
+            )
+        query = query.order_by(TriggerRow.create_time.desc(), TriggerRow.id.desc()).limit(limit + 1)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            token = encode_page_token(rows[-1].create_time.isoformat(), rows[-1].id)
+        now = datetime.now(UTC)
+        return [self.with_info(self._decode(row), now) for row in rows], token
+
+    async def _mutate(self, name: TriggerName, etag: str, change) -> trigger_pb2.Trigger:
+        async with self._sessions() as session:
+            row = await self._row(session, name)
+            trigger = self._decode(row)
+            if etag and etag != trigger.etag:
+                raise aborted("ETAG_MISMATCH", f"{name} has changed (etag {trigger.etag}, request had {etag})")
+            change(trigger)
+            now = datetime.now(UTC)
+            trigger.revision += 1
+            trigger.etag = str(trigger.revision)
+            trigger.update_time.CopyFrom(timestamp(now))
+            self._store(session, row, trigger)
+            await session.commit()
+        await self._relay.flush_soon()
+        return self.with_info(trigger, now)
+
+    async def update(self, name: TriggerName, patch: trigger_pb2.Trigger, mask: field_mask_pb2.FieldMask):
+        if not mask.paths:
+            raise invalid_argument("MISSING_UPDATE_MASK", "update_mask", "name the fields to update")
+        for path in mask.paths:
+            if path.split(".")[0] not in UPDATABLE_PATHS:
+                raise invalid_argument(
+                    "INVALID_UPDATE_MASK",
+                    "update_mask",
+                    f"{path!r} cannot be updated; use {', '.join(UPDATABLE_PATHS)}",
+                )
+        if not mask.IsValidForDescriptor(trigger_pb2.Trigger.DESCRIPTOR):
+            raise invalid_argument("INVALID_UPDATE_MASK", "update_mask", "names a field Trigger does not have")
+
+        def apply(trigger: trigger_pb2.Trigger) -> None:
+            old_kind = trigger.source.WhichOneof("kind")
+            mask.MergeMessage(patch, trigger, replace_message_field=True, replace_repeated_field=True)
+            if trigger.source.WhichOneof("kind") != old_kind:
+                raise invalid_argument(
+                    "SOURCE_KIND_CHANGED",
+                    "trigger.source",
+                    "the kind of source cannot change; create a new trigger",
+                )
+            schedule = validate_trigger(trigger, trigger.create_time.ToDatetime(UTC))
+            if schedule is not None:
+                trigger.source.schedule.CopyFrom(schedule.to_proto())
+
+        return await self._mutate(name, patch.etag, apply)
+
+    async def set_state(self, name: TriggerName, state: int, note: str) -> trigger_pb2.Trigger:
+        if len(note) > 1000:
+            raise invalid_argument("FIELD_TOO_LONG", "note", "must be at most 1000 characters")
+
+        def apply(trigger: trigger_pb2.Trigger) -> None:
+            trigger.state = state
+            trigger.state_note = note
+
+        return await self._mutate(name, "", apply)
+
+    async def delete(self, name: TriggerName, etag: str) -> None:
+        async with self._sessions() as session:
+            row = await self._row(session, name)
+            if etag and etag != str(row.revision):
+                raise aborted("ETAG_MISMATCH", f"{name} has changed (etag {row.revision}, request had {etag})")
+            webhook_ids = (await session.scalars(select(WebhookRow.id).where(WebhookRow.trigger_id == row.id))).all()
+            for webhook_id in webhook_ids:
+                outbox.stage(session, outbox.WEBHOOKS, webhook_id, None)
+            outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), None)
+            await session.delete(row)
+            await session.commit()
+        await self._relay.flush_soon()
+
+    async def fire(self, name: TriggerName, request: trigger_service_pb2.FireTriggerRequest) -> str:
+        if len(request.request_id) > 128:
+            raise invalid_argument("INVALID_REQUEST_ID", "request_id", "must be at most 128 characters")
+        trigger = await self.get(name)
+        fire_id = f"{name}@manual:{request.request_id}" if request.request_id else f"{name}@{new_id('m')}"
+        fire = fire_pb2.FireRequest(
+            fire_id=fire_id,
+            trigger=str(name),
+            trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_MANUAL,
+            action=trigger.action,
+            policies=trigger.policies,
+            timezone=trigger.source.schedule.timezone if trigger.source.HasField("schedule") else "",
+            input_overrides=request.input,
+            trigger_revision=trigger.revision,
+        )
+        fire.fire_time.GetCurrentTime()
+        try:
+            await messaging.publish_fire(
+                self._js,
+                messaging.fire_subject(name.workspace, name.trigger),
+                fire.SerializeToString(),
+                fire_id,
+            )
+        except Exception as error:
+            raise unavailable("FIRE_NOT_ACCEPTED", f"the fire could not be queued, retry: {error}") from error
+        return fire_id
+
+    async def upcoming(
+        self, workspace_id: str, trigger_name: TriggerName | None, count: int, end: datetime | None
+    ) -> list[trigger_pb2.Trigger | tuple]:
+        """The next `count` fires, ascending, of one trigger or every active schedule trigger of a workspace."""
+        query = select(TriggerRow).where(
+            TriggerRow.workspace_id == workspace_id,
+            TriggerRow.source_kind == Kind.SOURCE_KIND_SCHEDULE,
+            TriggerRow.state == State.TRIGGER_STATE_ACTIVE,
+        )
+        if trigger_name is not None:
+            async with self._sessions() as session:
+                await self._row(session, trigger_name)
+            query = query.where(TriggerRow.id == trigger_name.trigger)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        now = datetime.now(UTC)
+        streams = []
+        for row in rows:
+            trigger = self._decode(row)
+            schedule = compile_schedule(
+                trigger.source.schedule,
+                anchor=trigger.create_time.ToDatetime(UTC),
+                field_prefix="trigger.source.schedule",
+            )
+            streams.append(_fires(trigger.name, schedule, now, end))
+        return list(_take(heapq.merge(*streams, key=lambda item: item[0]), count))
+
+
+def _fires(name: str, schedule: Schedule, after: datetime, end: datetime | None):
+    instant = schedule.next_fire_after(after)
+    while instant is not None and (end is None or instant < end):
+        yield instant, name, schedule
+        instant = schedule.next_fire_after(instant)
+
+
+def _take(iterator, count: int) -> list:
+    result = []
+    for item in iterator:
+        if len(result) >= count:
+            break
+        result.append(item)
+    return result

@@ -1,0 +1,163 @@
+"""Workspaces and their API keys. A key is shown once; the registry keeps its SHA-256 digest and feeds it to
+every service so each can authenticate callers on its own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kairos.core import secrets
+from kairos.core.errors import KairosError, invalid_argument, not_found
+from kairos.core.names import WORKSPACE_ID, new_id
+from kairos.registry import outbox
+from kairos.registry.models import ApiKeyRow, WorkspaceRow
+from kairos.registry.triggers import decode_page_token, encode_page_token, page_size, timestamp
+from kairos.v1 import feed_pb2, workspace_pb2
+
+
+def _workspace_view(row: WorkspaceRow) -> workspace_pb2.Workspace:
+    return workspace_pb2.Workspace(
+        name=f"workspaces/{row.id}",
+        display_name=row.display_name,
+        quota=workspace_pb2.WorkspaceQuota(
+            max_schedule_triggers=row.max_schedule_triggers,
+            max_webhook_event_triggers=row.max_webhook_event_triggers,
+            max_concurrent_runs=row.max_concurrent_runs,
+        ),
+        create_time=timestamp(row.create_time),
+        etag=str(row.revision),
+    )
+
+
+def _key_view(row: ApiKeyRow) -> workspace_pb2.ApiKey:
+    key = workspace_pb2.ApiKey(
+        name=f"workspaces/{row.workspace_id}/apiKeys/{row.id}",
+        display_name=row.display_name,
+        prefix=row.prefix,
+        create_time=timestamp(row.create_time),
+    )
+    if row.expire_time is not None:
+        key.expire_time.CopyFrom(timestamp(row.expire_time))
+    return key
+
+
+class WorkspaceRegistry:
+    """The domain operations behind WorkspaceService."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay) -> None:
+        self._sessions = sessions
+        self._relay = relay
+
+    async def create_workspace(self, draft: workspace_pb2.Workspace) -> workspace_pb2.Workspace:
+        workspace_id = draft.name.removeprefix("workspaces/")
+        if not draft.name.startswith("workspaces/") or not WORKSPACE_ID.match(workspace_id):
+            raise invalid_argument(
+                "INVALID_WORKSPACE_NAME",
+                "workspace.name",
+                "must be workspaces/{id}: 2 to 63 lowercase letters, digits or dashes, starting with a letter",
+            )
+        if len(draft.display_name) > 200:
+            raise invalid_argument("FIELD_TOO_LONG", "workspace.display_name", "must be at most 200 characters")
+        row = WorkspaceRow(
+            id=workspace_id,
+            display_name=draft.display_name,
+            max_schedule_triggers=max(draft.quota.max_schedule_triggers, 0),
+            max_webhook_event_triggers=max(draft.quota.max_webhook_event_triggers, 0),
+            max_concurrent_runs=max(draft.quota.max_concurrent_runs, 0),
+            create_time=datetime.now(UTC),
+        )
+        async with self._sessions() as session:
+            session.add(row)
+            try:
+                await session.commit()
+            except IntegrityError:
+                raise KairosError(
+                    grpc.StatusCode.ALREADY_EXISTS, "WORKSPACE_EXISTS", f"{draft.name} already exists"
+                ) from None
+        return _workspace_view(row)
+
+    async def get_workspace(self, workspace_id: str) -> workspace_pb2.Workspace:
+        async with self._sessions() as session:
+            row = await session.get(WorkspaceRow, workspace_id)
+        if row is None:
+            raise not_found(f"workspaces/{workspace_id}")
+        return _workspace_view(row)
+
+    async def list_workspaces(self, size: int, token: str) -> tuple[list[workspace_pb2.Workspace], str]:
+        limit = page_size(size)
+        query = select(WorkspaceRow).order_by(WorkspaceRow.id).limit(limit + 1)
+        if token:
+            (last_id,) = decode_page_token(token, 1)
+            query = query.where(WorkspaceRow.id > last_id)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_token = encode_page_token(rows[-1].id)
+        return [_workspace_view(row) for row in rows], next_token
+
+    async def ensure_workspace(self, workspace_id: str, display_name: str) -> None:
+        async with self._sessions() as session:
+            if await session.get(WorkspaceRow, workspace_id) is None:
+                session.add(WorkspaceRow(id=workspace_id, display_name=display_name, create_time=datetime.now(UTC)))
+                await session.commit()
+
+    async def create_api_key(self, workspace_id: str, draft: workspace_pb2.ApiKey) -> tuple[workspace_pb2.ApiKey, str]:
+        if len(draft.display_name) > 200:
+            raise invalid_argument("FIELD_TOO_LONG", "api_key.display_name", "must be at most 200 characters")
+        key_id = new_id("k").removeprefix("k_")
+        key = secrets.new_api_key(key_id)
+        now = datetime.now(UTC)
+        expire = draft.expire_time.ToDatetime(UTC) if draft.HasField("expire_time") else None
+        if expire is not None and expire <= now:
+            raise invalid_argument("INVALID_EXPIRE_TIME", "api_key.expire_time", "must be in the future")
+        row = ApiKeyRow(
+            id=key_id,
+            workspace_id=workspace_id,
+            display_name=draft.display_name,
+            prefix=key[: len("kairos_") + 10],
+            digest=secrets.digest(key),
+            create_time=now,
+            expire_time=expire,
+        )
+        view = _key_view(row)
+        record = feed_pb2.ApiKeyRecord(name=view.name, digest=row.digest)
+        if expire is not None:
+            record.expire_time.CopyFrom(view.expire_time)
+        async with self._sessions() as session:
+            if await session.get(WorkspaceRow, workspace_id) is None:
+                raise not_found(f"workspaces/{workspace_id}")
+            session.add(row)
+            outbox.stage(session, outbox.API_KEYS, key_id, record.SerializeToString())
+            await session.commit()
+        await self._relay.flush_soon()
+        return view, key
+
+    async def list_api_keys(self, workspace_id: str, size: int, token: str) -> tuple[list[workspace_pb2.ApiKey], str]:
+        limit = page_size(size)
+        query = select(ApiKeyRow).where(ApiKeyRow.workspace_id == workspace_id).order_by(ApiKeyRow.id).limit(limit + 1)
+        if token:
+            (last_id,) = decode_page_token(token, 1)
+            query = query.where(ApiKeyRow.id > last_id)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_token = encode_page_token(rows[-1].id)
+        return [_key_view(row) for row in rows], next_token
+
+    async def delete_api_key(self, workspace_id: str, key_id: str) -> None:
+        async with self._sessions() as session:
+            row = await session.get(ApiKeyRow, key_id)
+            if row is None or row.workspace_id != workspace_id:
+                raise not_found(f"workspaces/{workspace_id}/apiKeys/{key_id}")
+            await session.delete(row)
+            outbox.stage(session, outbox.API_KEYS, key_id, None)
+            await session.commit()
+        await self._relay.flush_soon()

@@ -1,0 +1,164 @@
+"""Shared pytest fixtures for the Kairos test suite.
+
+NATS:
+    `nats_server` -- one real nats-server (JetStream, file storage in a temp dir) for the whole test
+                     session, started on a free port; stopped when the session ends.
+    `nats_url`    -- its `nats://127.0.0.1:<port>` URL.
+
+The session server is shared: tests must not kill or restart it and should use names (streams, subjects,
+buckets) that tolerate other tests' data. A test that needs an isolated or killable server constructs
+`kairos.core.natsserver.EmbeddedNatsServer(tmp_path)` itself.
+
+Databases:
+    `database_url` -- parametrized: a SQLite file, and a fresh PostgreSQL database when
+                      KAIROS_TEST_DATABASE_URL names a server (skipped, with that reason, otherwise).
+
+Suite:
+    `suite` -- all four services in the test's event loop with their own nats-server, an admin key, and
+               helpers to create a workspace and a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sqlalchemy.engine import make_url
+
+from kairos.client import KairosClient
+from kairos.core.config import ServiceConfig
+from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
+from kairos.v1 import workspace_pb2, workspace_service_pb2
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedNatsServer]:
+    """One nats-server with JetStream for the whole session (its log: `<data_dir>/nats-server.log`)."""
+    server = EmbeddedNatsServer(tmp_path_factory.mktemp("nats-session"))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNatsServer) -> str:
+    """URL of the session nats-server."""
+    return nats_server.url
+
+
+# ---------------------------------------------------------------- databases
+
+POSTGRES_URL_VARIABLE = "KAIROS_TEST_DATABASE_URL"
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database on the server KAIROS_TEST_DATABASE_URL names, dropped afterwards."""
+    base = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not base:
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_URL_VARIABLE} (e.g. postgresql+asyncpg://postgres@127.0.0.1/test)"
+        )
+    url = make_url(base)
+    name = f"kairos_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs twice: on a SQLite file and on PostgreSQL (skipped where none is configured)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'kairos.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+# ---------------------------------------------------------------- the suite in this process
+
+
+@dataclass
+class Suite:
+    """Services running in the test's event loop on their own nats-server, gRPC on a free port."""
+
+    runtime: Runtime
+    admin_key: str
+    nats: EmbeddedNatsServer
+
+    @property
+    def address(self) -> str:
+        return self.runtime.endpoints["grpc"]
+
+    @property
+    def webhooks_url(self) -> str:
+        return self.runtime.endpoints["webhooks"]
+
+    def client(self, api_key: str) -> KairosClient:
+        return KairosClient(self.address, api_key)
+
+    async def new_workspace(self, workspace: str) -> str:
+        """Creates a workspace through the admin API and returns an API key for it."""
+        async with self.client(self.admin_key) as admin:
+            await admin.workspaces.CreateWorkspace(
+                workspace_service_pb2.CreateWorkspaceRequest(
+                    workspace=workspace_pb2.Workspace(name=f"workspaces/{workspace}")
+                )
+            )
+            response = await admin.workspaces.CreateApiKey(
+                workspace_service_pb2.CreateApiKeyRequest(parent=f"workspaces/{workspace}")
+            )
+        return response.key
+
+
+@asynccontextmanager
+async def running_suite(
+    data_dir: Path, database_url: str, services: tuple[str, ...] = tuple(SERVICE_MODULES)
+) -> AsyncIterator[Suite]:
+    admin_key = secrets.token_urlsafe(24)
+    async with EmbeddedNatsServer(data_dir / "nats") as nats_server:
+        config = ServiceConfig.from_env(
+            {
+                "KAIROS_NATS_URL": nats_server.url,
+                "KAIROS_DATABASE_URL": database_url,
+                "KAIROS_GRPC_PORT": "0",
+                "KAIROS_HTTP_PORT": "0",
+                "KAIROS_ADMIN_KEY": admin_key,
+            }
+        )
+        ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+
+        async def on_ready(runtime: Runtime) -> None:
+            ready.set_result(runtime)
+
+        task = asyncio.create_task(run_services(services, config, on_ready=on_ready, stop=stop, handle_signals=False))
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            task.result()
+        try:
+            yield Suite(ready.result(), admin_key, nats_server)
+        finally:
+            stop.set()
+            await task
+
+
+@pytest_asyncio.fixture
+async def suite(tmp_path: Path, database_url: str) -> AsyncIterator[Suite]:
+    """All four services in-process, on SQLite and on PostgreSQL."""
+    async with running_suite(tmp_path, database_url) as running:
+        yield running
