@@ -20,12 +20,9 @@ Suite:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -33,11 +30,8 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
 
-from kairos.client import KairosClient
-from kairos.core.config import ServiceConfig
 from kairos.core.natsserver import EmbeddedNatsServer
-from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
-from kairos.v1 import workspace_pb2, workspace_service_pb2
+from kairos.devtools.suite import Suite, running_suite
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -90,71 +84,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # ---------------------------------------------------------------- the suite in this process
-
-
-@dataclass
-class Suite:
-    """Services running in the test's event loop on their own nats-server, gRPC on a free port."""
-
-    runtime: Runtime
-    admin_key: str
-    nats: EmbeddedNatsServer
-
-    @property
-    def address(self) -> str:
-        return self.runtime.endpoints["grpc"]
-
-    @property
-    def webhooks_url(self) -> str:
-        return self.runtime.endpoints["webhooks"]
-
-    def client(self, api_key: str) -> KairosClient:
-        return KairosClient(self.address, api_key)
-
-    async def new_workspace(self, workspace: str) -> str:
-        """Creates a workspace through the admin API and returns an API key for it."""
-        async with self.client(self.admin_key) as admin:
-            await admin.workspaces.CreateWorkspace(
-                workspace_service_pb2.CreateWorkspaceRequest(
-                    workspace=workspace_pb2.Workspace(name=f"workspaces/{workspace}")
-                )
-            )
-            response = await admin.workspaces.CreateApiKey(
-                workspace_service_pb2.CreateApiKeyRequest(parent=f"workspaces/{workspace}")
-            )
-        return response.key
-
-
-@asynccontextmanager
-async def running_suite(
-    data_dir: Path, database_url: str, services: tuple[str, ...] = tuple(SERVICE_MODULES)
-) -> AsyncIterator[Suite]:
-    admin_key = secrets.token_urlsafe(24)
-    async with EmbeddedNatsServer(data_dir / "nats") as nats_server:
-        config = ServiceConfig.from_env(
-            {
-                "KAIROS_NATS_URL": nats_server.url,
-                "KAIROS_DATABASE_URL": database_url,
-                "KAIROS_GRPC_PORT": "0",
-                "KAIROS_HTTP_PORT": "0",
-                "KAIROS_ADMIN_KEY": admin_key,
-            }
-        )
-        ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
-        stop = asyncio.Event()
-
-        async def on_ready(runtime: Runtime) -> None:
-            ready.set_result(runtime)
-
-        task = asyncio.create_task(run_services(services, config, on_ready=on_ready, stop=stop, handle_signals=False))
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            task.result()
-        try:
-            yield Suite(ready.result(), admin_key, nats_server)
-        finally:
-            stop.set()
-            await task
 
 
 @pytest_asyncio.fixture

@@ -96,6 +96,16 @@ def _client_address(data_dir: Path) -> str:
     return "127.0.0.1:50051"
 
 
+def _webhooks_base(data_dir: Path) -> str:
+    """KAIROS_WEBHOOKS_URL, else the base a running `kairos dev` wrote, else the default."""
+    if os.environ.get("KAIROS_WEBHOOKS_URL"):
+        return os.environ["KAIROS_WEBHOOKS_URL"].rstrip("/") + "/"
+    endpoints = data_dir / ENDPOINTS_FILE
+    if endpoints.exists():
+        return json.loads(endpoints.read_text())["webhooks"]
+    return "http://127.0.0.1:8080/hooks/"
+
+
 # ---------------------------------------------------------------- running the suite
 
 
@@ -190,7 +200,11 @@ async def _triggers(kairos: KairosClient, args: argparse.Namespace) -> None:
     match args.action:
         case "create":
             request = ts.CreateTriggerRequest(trigger=_trigger_from_args(args), request_id=args.request_id)
-            _print((await t.CreateTrigger(request)).trigger)
+            trigger = (await t.CreateTrigger(request)).trigger
+            if args.output == "name":
+                print(trigger.name)
+            else:
+                _print(trigger)
         case "list":
             _print(await t.ListTriggers(ts.ListTriggersRequest(page_size=args.page_size, page_token=args.page_token)))
         case "get":
@@ -300,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--owner", default="")
     create.add_argument("--draft", action="store_true", help="create as a draft that does not fire")
     create.add_argument("--request-id", default="", help="idempotency key")
+    create.add_argument("--output", choices=["json", "name"], default="json", help="name: print only the name")
     listing = triggers.add_parser("list")
     listing.add_argument("--page-size", type=int, default=50)
     listing.add_argument("--page-token", default="")
@@ -324,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     create_webhook.add_argument("--trigger", required=True)
     create_webhook.add_argument("--auth", choices=sorted(WEBHOOK_AUTH), default="bearer")
     create_webhook.add_argument("--map", action="append", help="field mapping PATH=FIELD, e.g. contact.phone=phone_to")
+    create_webhook.add_argument(
+        "--output", choices=["json", "env"], default="json", help="env: WEBHOOK_NAME/URL/SECRET lines for eval"
+    )
     webhooks.add_parser("list").add_argument("--trigger", default="")
     for verb in ("get", "delete"):
         webhooks.add_parser(verb).add_argument("name")

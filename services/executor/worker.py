@@ -42,10 +42,10 @@ AGENT_VERSIONS = {trigger_pb2.AgentVersion.AGENT_VERSION_DRAFT: "draft"}
 
 
 def run_input(fire: fire_pb2.FireRequest) -> dict[str, Any]:
-    """The action's input template, the prompt, then per-fire overrides on top (override wins)."""
+    """The action's input template, then its prompt, then per-fire overrides on top (each later one wins)."""
     merged: dict[str, Any] = json_format.MessageToDict(fire.action.input_template)
     if fire.action.prompt:
-        merged.setdefault("prompt", fire.action.prompt)
+        merged["prompt"] = fire.action.prompt
     merged.update(json_format.MessageToDict(fire.input_overrides))
     return merged
 

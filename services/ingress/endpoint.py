@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import nats.errors
 import structlog
 from google.protobuf import json_format, struct_pb2
 from nats.js import JetStreamContext
@@ -181,6 +182,10 @@ class WebhookEndpoint:
                 fire.SerializeToString(),
                 fire.fire_id,
             )
+        except nats.errors.MaxPayloadError:
+            # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; a retry
+            # would fail the same way, so this is no 503.
+            raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body") from None
         except Exception as error:
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))
             raise Rejection(

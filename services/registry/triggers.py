@@ -201,7 +201,12 @@ class TriggerRegistry:
             query = query.where(TriggerRow.agent == request.agent)
         if request.page_token:
             created, last_id = decode_page_token(request.page_token, 2)
-            created_at = datetime.fromisoformat(created)
+            try:
+                created_at = datetime.fromisoformat(created)
+            except ValueError:
+                raise invalid_argument(
+                    "INVALID_PAGE_TOKEN", "page_token", "is not a token this service issued"
+                ) from None
             query = query.where(
                 (TriggerRow.create_time < created_at)
                 | ((TriggerRow.create_time == created_at) & (TriggerRow.id < last_id))

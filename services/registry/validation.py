@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from urllib.parse import urlparse
@@ -16,18 +17,21 @@ MAX_PROMPT = 32_768
 MAX_TEMPLATE_BYTES = 65_536
 MAX_ACCEPTED_EVENT_TYPES = 50
 MAX_LABELS = 64
-AGENT_NAME = re.compile(r"^agents/[a-z0-9][a-z0-9_-]{0,62}$")
-OWNER_NAME = re.compile(r"^(users|serviceAccounts)/[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
-EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}$")
-DOT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*){0,15}$")
-INPUT_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-ENTRY_POINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-NATS_SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+AGENT_NAME = re.compile(r"^agents/[a-z0-9][a-z0-9_-]{0,62}\Z")
+OWNER_NAME = re.compile(r"^(users|serviceAccounts)/[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}\Z")
+EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}\Z")
+DOT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*){0,15}\Z")
+INPUT_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+ENTRY_POINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
+NATS_SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 
 
 def _http_url(value: str, field: str, reason: str) -> None:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    try:
+        parsed = urlparse(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise invalid_argument(reason, field, f"must be an http(s) URL, got {value!r}")
 
 
@@ -148,5 +152,5 @@ def validate_webhook(webhook: webhook_pb2.Webhook) -> None:
                 f"{input_field!r} is not a valid input field name",
             )
     limit = webhook.rate_limit
-    if limit.requests_per_second < 0 or limit.burst < 0:
+    if not math.isfinite(limit.requests_per_second) or limit.requests_per_second < 0 or limit.burst < 0:
         raise invalid_argument("INVALID_RATE_LIMIT", "webhook.rate_limit", "must not be negative")

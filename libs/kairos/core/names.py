@@ -9,8 +9,8 @@ from ulid import ULID
 
 from kairos.core.errors import invalid_argument
 
-WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
-RESOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9-]{1,62}\Z")
+RESOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 CALLERS_WORKSPACE = "workspaces/-"
 
 

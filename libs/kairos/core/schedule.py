@@ -639,7 +639,7 @@ def compile_schedule(
         )
 
     jitter_us = _duration_micros(source.jitter)
-    if jitter_us is None or jitter_us < 0:
+    if jitter_us is None or source.jitter.seconds < 0 or source.jitter.nanos < 0:
         raise invalid_argument("INVALID_JITTER", f"{p}.jitter", "must be a valid, non-negative duration")
 
     gap_rule = source.dst_gap_rule or SHIFT

@@ -1,0 +1,210 @@
+"""The suite as it runs in production: four separate processes against a real nats-server, each service
+with its own SQLite file. Proves the schedule and webhook paths end in a completed run, that a wrong bearer
+token is refused, that health and reflection answer, and that SIGTERM shuts every process down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import httpx
+import nats
+import pytest_asyncio
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from kairos.client import KairosClient, schedule_trigger, webhook_trigger
+from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.v1 import (
+    run_pb2,
+    run_service_pb2,
+    trigger_service_pb2,
+    webhook_pb2,
+    webhook_service_pb2,
+    workspace_pb2,
+    workspace_service_pb2,
+)
+
+SERVICES = ("registry", "scheduler", "ingress", "executor")
+READY_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 30
+
+
+@dataclass
+class Processes:
+    ports: dict[str, int]
+    http_port: int
+    admin_key: str
+    nats_url: str
+    logs: Path
+
+    def client(self, api_key: str) -> KairosClient:
+        registry = f"127.0.0.1:{self.ports['registry']}"
+        return KairosClient(
+            registry,
+            api_key,
+            targets={
+                "runs": f"127.0.0.1:{self.ports['executor']}",
+                "events": f"127.0.0.1:{self.ports['ingress']}",
+                "scheduler": f"127.0.0.1:{self.ports['scheduler']}",
+            },
+        )
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
+
+
+async def wait_serving(port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=READY_TIMEOUT_S
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest_asyncio.fixture
+async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    admin_key = secrets.token_urlsafe(24)
+    async with AsyncExitStack() as stack:
+        nats_server = await stack.enter_async_context(EmbeddedNatsServer(tmp_path / "nats"))
+        ports = {service: free_port() for service in SERVICES}
+        http_port = free_port()
+        running: dict[str, asyncio.subprocess.Process] = {}
+        for service in SERVICES:
+            env = {
+                **os.environ,
+                "KAIROS_NATS_URL": nats_server.url,
+                "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}",
+                "KAIROS_GRPC_PORT": str(ports[service]),
+                "KAIROS_HTTP_PORT": str(http_port),
+                "KAIROS_ADMIN_KEY": admin_key,
+                "KAIROS_LOG_FORMAT": "json",
+            }
+            log = (logs / f"{service}.log").open("wb")
+            stack.callback(log.close)
+            running[service] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"kairos.{service}", env=env, stdout=log, stderr=log
+            )
+        result = Processes(ports, http_port, admin_key, nats_server.url, logs)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.gather(*(wait_serving(port) for port in ports.values()))
+            yield result
+        finally:
+            for process in running.values():
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+            codes = {}
+            for service, process in running.items():
+                try:
+                    async with asyncio.timeout(20):
+                        codes[service] = await process.wait()
+                except TimeoutError:
+                    process.kill()
+                    codes[service] = await process.wait()
+        assert codes == dict.fromkeys(SERVICES, 0), f"unclean shutdown {codes}\n{result.log_tail()}"
+
+
+async def list_services(port: int) -> set[str]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        async for response in call:
+            return {service.name for service in response.list_services_response.service}
+    return set()
+
+
+async def wait_completed(traces, fire_id_prefix: str) -> run_pb2.TraceEvent:
+    """The first run.completed (or run.failed) trace event of a fire whose id starts with the prefix."""
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        async for message in traces.messages:
+            event = run_pb2.TraceEvent.FromString(message.data)
+            if event.fire_id.startswith(fire_id_prefix) and event.type in ("run.completed", "run.failed"):
+                return event
+    raise AssertionError("trace subscription ended")
+
+
+async def test_four_processes_schedule_and_webhook_runs_complete(processes: Processes) -> None:
+    expected = {
+        "registry": {"kairos.v1.TriggerService", "kairos.v1.WebhookService", "kairos.v1.WorkspaceService"},
+        "scheduler": {"kairos.v1.SchedulerService"},
+        "ingress": {"kairos.v1.EventService"},
+        "executor": {"kairos.v1.RunService"},
+    }
+    for service, port in processes.ports.items():
+        listed = await list_services(port)
+        assert expected[service] | {"grpc.health.v1.Health"} <= listed, (service, listed)
+
+    async with processes.client(processes.admin_key) as admin:
+        await admin.workspaces.CreateWorkspace(
+            workspace_service_pb2.CreateWorkspaceRequest(workspace=workspace_pb2.Workspace(name="workspaces/acme"))
+        )
+        key = (
+            await admin.workspaces.CreateApiKey(workspace_service_pb2.CreateApiKeyRequest(parent="workspaces/acme"))
+        ).key
+
+    tracer = await nats.connect(processes.nats_url)
+    traces = await tracer.subscribe("kairos.trace.acme.>")
+    try:
+        async with processes.client(key) as kairos:
+            scheduled = (
+                await kairos.triggers.CreateTrigger(
+                    trigger_service_pb2.CreateTriggerRequest(
+                        trigger=schedule_trigger(every=timedelta(seconds=1), prompt="tick")
+                    )
+                )
+            ).trigger
+            event = await wait_completed(traces, f"{scheduled.name}@")
+            assert event.type == "run.completed", event
+            run = (await kairos.runs.GetRun(run_service_pb2.GetRunRequest(name=event.run))).run
+            assert run.status == run_pb2.RunStatus.RUN_STATUS_COMPLETED
+            assert run.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_SCHEDULE
+            assert run.HasField("scheduled_time")
+            assert json_format.MessageToDict(run.output)["echo"] == {"prompt": "tick"}
+            await kairos.triggers.PauseTrigger(trigger_service_pb2.PauseTriggerRequest(name=scheduled.name))
+
+            hooked = (
+                await kairos.triggers.CreateTrigger(
+                    trigger_service_pb2.CreateTriggerRequest(trigger=webhook_trigger(prompt="new lead"))
+                )
+            ).trigger
+            created = await kairos.webhooks.CreateWebhook(
+                webhook_service_pb2.CreateWebhookRequest(
+                    webhook=webhook_pb2.Webhook(trigger=hooked.name, field_mapping={"contact.phone": "phone_to"})
+                )
+            )
+            url = f"http://127.0.0.1:{processes.http_port}{created.webhook.path}"
+            body = {"type": "lead.created", "contact": {"phone": "+15550100"}}
+            async with httpx.AsyncClient(timeout=10) as http:
+                refused = await http.post(url, json=body, headers={"Authorization": "Bearer not-the-token"})
+                assert refused.status_code == 401, refused.text
+                assert refused.json()["error"] == "invalid_credentials"
+                accepted = await http.post(url, json=body, headers={"Authorization": f"Bearer {created.secret}"})
+                assert accepted.status_code == 202, accepted.text
+                assert accepted.json()["status"] == "accepted"
+            event_id = accepted.json()["event_id"]
+            event = await wait_completed(traces, f"{created.webhook.name}@{event_id}")
+            assert event.type == "run.completed", event
+            run = (await kairos.runs.GetRun(run_service_pb2.GetRunRequest(name=event.run))).run
+            assert run.status == run_pb2.RunStatus.RUN_STATUS_COMPLETED
+            assert run.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK
+            assert run.input["phone_to"] == "+15550100"
+            assert run.input["prompt"] == "new lead"
+            assert json_format.MessageToDict(run.payload) == body
+
+            listed = await kairos.runs.ListRuns(run_service_pb2.ListRunsRequest(parent=hooked.name))
+            assert [r.name for r in listed.runs] == [run.name]
+    finally:
+        await tracer.close()

@@ -1,0 +1,129 @@
+"""ServiceConfig.from_env: defaults, and start-up failures that name the offending variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from kairos.core.config import ConfigError, ServiceConfig, default_database_url, env_choice, env_int, env_str
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    config = ServiceConfig.from_env({})
+    assert config == ServiceConfig(
+        nats_url="nats://127.0.0.1:4222",
+        grpc_host="127.0.0.1",
+        grpc_port=50051,
+        log_format="json",
+        log_level="info",
+        database_url=default_database_url(),
+        admin_key="",
+        http_host="127.0.0.1",
+        http_port=8080,
+        public_url="",
+        run_retention=1000,
+        python_runner_modules=("kairos.agents",),
+    )
+    assert config.database_url.startswith("sqlite+aiosqlite:///")
+    assert config.database_url.endswith("kairos.db")
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    config = ServiceConfig.from_env({"KAIROS_GRPC_PORT": "  ", "KAIROS_LOG_FORMAT": "", "KAIROS_NATS_URL": " "})
+    assert config.grpc_port == 50051
+    assert config.log_format == "json"
+    assert config.nats_url == "nats://127.0.0.1:4222"
+
+
+def test_values_are_read_and_normalised() -> None:
+    config = ServiceConfig.from_env(
+        {
+            "KAIROS_NATS_URL": " nats://nats:4222 ",
+            "KAIROS_GRPC_HOST": "0.0.0.0",
+            "KAIROS_GRPC_PORT": "0",
+            "KAIROS_LOG_FORMAT": "CONSOLE",
+            "KAIROS_LOG_LEVEL": "Debug",
+            "KAIROS_DATABASE_URL": "postgresql+asyncpg://kairos@db/kairos",
+            "KAIROS_ADMIN_KEY": "  s3cret  ",
+            "KAIROS_HTTP_PORT": "65535",
+            "KAIROS_PUBLIC_URL": "https://kairos.example.com/",
+            "KAIROS_RUN_RETENTION": "1",
+        }
+    )
+    assert config.nats_url == "nats://nats:4222"
+    assert config.grpc_host == "0.0.0.0"
+    assert config.grpc_port == 0
+    assert config.log_format == "console"
+    assert config.log_level == "debug"
+    assert config.database_url == "postgresql+asyncpg://kairos@db/kairos"
+    assert config.admin_key == "s3cret"
+    assert config.http_port == 65535
+    assert config.public_url == "https://kairos.example.com"
+    assert config.run_retention == 1
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAIROS_GRPC_PORT", "6000")
+    monkeypatch.setenv("KAIROS_LOG_FORMAT", "console")
+    config = ServiceConfig.from_env()
+    assert config.grpc_port == 6000
+    assert config.log_format == "console"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KAIROS_GRPC_PORT", "fifty"),
+        ("KAIROS_GRPC_PORT", "50051.0"),
+        ("KAIROS_GRPC_PORT", "0x50"),
+        ("KAIROS_GRPC_PORT", "65536"),
+        ("KAIROS_GRPC_PORT", "-1"),
+        ("KAIROS_HTTP_PORT", "http"),
+        ("KAIROS_HTTP_PORT", "70000"),
+        ("KAIROS_RUN_RETENTION", "0"),
+        ("KAIROS_RUN_RETENTION", "many"),
+        ("KAIROS_LOG_FORMAT", "xml"),
+        ("KAIROS_LOG_FORMAT", "text"),
+        ("KAIROS_LOG_LEVEL", "verbose"),
+    ],
+)
+def test_malformed_values_raise_config_error_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        ServiceConfig.from_env({variable: value})
+    assert variable in str(raised.value)
+    assert repr(value) in str(raised.value) or value in str(raised.value)
+
+
+def test_out_of_range_message_states_the_bounds() -> None:
+    with pytest.raises(ConfigError, match=r"KAIROS_GRPC_PORT must be at least 0 and at most 65535, got 65536"):
+        ServiceConfig.from_env({"KAIROS_GRPC_PORT": "65536"})
+    with pytest.raises(ConfigError, match=r"KAIROS_LOG_FORMAT must be one of json, console"):
+        ServiceConfig.from_env({"KAIROS_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("kairos.agents", ("kairos.agents",)),
+        ("my.agents,other.agents", ("my.agents", "other.agents")),
+        (" my.agents , other.agents ,", ("my.agents", "other.agents")),
+        (",,a,,b,,", ("a", "b")),
+        ("", ("kairos.agents",)),
+        ("   ", ("kairos.agents",)),
+    ],
+)
+def test_python_runner_modules_parsing(raw: str, expected: tuple[str, ...]) -> None:
+    assert ServiceConfig.from_env({"KAIROS_PYTHON_RUNNER_MODULES": raw}).python_runner_modules == expected
+
+
+def test_python_runner_modules_of_only_commas_is_empty() -> None:
+    assert ServiceConfig.from_env({"KAIROS_PYTHON_RUNNER_MODULES": ", ,"}).python_runner_modules == ()
+
+
+def test_env_helpers() -> None:
+    with pytest.raises(ConfigError, match="KAIROS_REQUIRED is required"):
+        env_str({}, "KAIROS_REQUIRED")
+    assert env_str({"X": " v "}, "X") == "v"
+    assert env_int({"N": "7"}, "N", 1, minimum=5, maximum=9) == 7
+    with pytest.raises(ConfigError, match="N must be at least 5"):
+        env_int({"N": "4"}, "N", 1, minimum=5)
+    assert env_choice({"C": " B "}, "C", "a", ("a", "b")) == "b"
