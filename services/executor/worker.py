@@ -121,7 +121,7 @@ class FireWorker:
             free = max(1, self._concurrency - len(self._tasks))
             try:
                 messages = await subscription.fetch(batch=min(free, 256), timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError, and the bare asyncio.TimeoutError fetch also raises
                 continue
             except nats.errors.Error as error:
                 log.warning("fetching fires failed; backing off", error=str(error))
