@@ -238,14 +238,12 @@ async def _webhooks(kairos: KairosClient, args: argparse.Namespace) -> None:
                 path, _, field = mapping.partition("=")
                 webhook.field_mapping[path] = field
             response = await w.CreateWebhook(ws.CreateWebhookRequest(webhook=webhook))
+            url = _webhooks_base(Path(args.data_dir)) + response.webhook.path.removeprefix("/hooks/")
+            if args.output == "env":
+                print(f"WEBHOOK_NAME={response.webhook.name}\nWEBHOOK_URL={url}\nWEBHOOK_SECRET={response.secret}")
+                return
             _print(response.webhook)
-            base = (
-                json.loads((Path(args.data_dir) / ENDPOINTS_FILE).read_text())["webhooks"]
-                if (Path(args.data_dir) / ENDPOINTS_FILE).exists()
-                else "http://127.0.0.1:8080/hooks/"
-            )
-            print(f"\nURL:    {base}{response.webhook.name.rsplit('/', 1)[1]}")
-            print(f"Secret: {response.secret}   (shown once; store it now)")
+            print(f"\nURL:    {url}\nSecret: {response.secret}   (shown once; store it now)")
         case "list":
             _print(await w.ListWebhooks(ws.ListWebhooksRequest(trigger=args.trigger)))
         case "get":

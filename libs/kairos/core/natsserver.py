@@ -223,6 +223,7 @@ class EmbeddedNatsServer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches `kairos dev`, which stops NATS last
         )
 
     async def _wait_ready(self, log_offset: int) -> None:

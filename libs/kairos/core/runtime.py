@@ -53,6 +53,15 @@ class Runtime:
 ReadyCallback = Callable[[Runtime], Awaitable[None]]
 
 
+async def _drain(nc: NatsClient) -> None:
+    """Drains NATS on shut-down; if the server is already gone, closes without failing the shut-down."""
+    try:
+        await nc.drain()
+    except Exception as error:
+        log.warning("NATS drain failed; closing", error=str(error))
+        await nc.close()
+
+
 async def run_services(
     services: Sequence[str],
     config: ServiceConfig,
@@ -74,7 +83,7 @@ async def run_services(
 
     async with AsyncExitStack() as stack:
         nc = await messaging.connect(config.nats_url, name=f"kairos-{'+'.join(services)}")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
         buckets = await messaging.ensure_all(js)
 
