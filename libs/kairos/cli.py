@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import socket
 import sys
 from collections.abc import Sequence
@@ -109,6 +110,15 @@ def _webhooks_base(data_dir: Path) -> str:
 # ---------------------------------------------------------------- running the suite
 
 
+def _dev_secret_key(data_dir: Path) -> str:
+    """The development sealing key, made once and kept beside the dev data (mode 0600)."""
+    path = data_dir / "secret.key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = ServiceConfig.from_env()
     configure_logging(config.log_format, config.log_level)
@@ -130,6 +140,7 @@ async def _dev(args: argparse.Namespace) -> None:
             stack.push_async_callback(nats_server.stop)
             env["KAIROS_NATS_URL"] = nats_server.url
         env.setdefault("KAIROS_DATABASE_URL", default_database_url(data_dir))
+        env.setdefault("KAIROS_SECRET_KEY", _dev_secret_key(data_dir))
         env.setdefault("KAIROS_GRPC_PORT", "50051" if _free(50051) else "0")
         env.setdefault("KAIROS_HTTP_PORT", "8080" if _free(8080) else "0")
         config = ServiceConfig.from_env(env)

@@ -89,6 +89,7 @@ class FireWorker:
         self._concurrency = concurrency
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.Task | None = None
+        self._subscription = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -102,6 +103,7 @@ class FireWorker:
         subscription = await self._js.pull_subscribe(
             messaging.FIRES_SUBJECTS, durable=DURABLE, stream=messaging.FIRES_STREAM, config=config
         )
+        self._subscription = subscription
         self._loop = spawn(self._pull(subscription), "executor-pull")
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -111,6 +113,11 @@ class FireWorker:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        if self._subscription is not None:
+            # Drop the pull inbox now: a message left in it (a late 408, or one fetch() took without marking
+            # it done) would otherwise hold the connection's drain for its whole timeout at shutdown.
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:

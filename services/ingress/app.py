@@ -64,6 +64,8 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         await mirror.start()
         stack.push_async_callback(mirror.stop)
 
+    runtime.extras["ingress.webhooks"] = webhooks
+    runtime.extras["ingress.triggers"] = triggers
     endpoint = WebhookEndpoint(runtime.js, webhooks, triggers)
     app = build_app(endpoint, lambda: runtime.nats.is_connected)
     config = runtime.config

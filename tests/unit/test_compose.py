@@ -342,7 +342,7 @@ def test_kairos_environment_is_kairos_prefixed(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", KAIROS_SERVICES)
-@pytest.mark.parametrize("variable", ["KAIROS_ADMIN_KEY"])
+@pytest.mark.parametrize("variable", ["KAIROS_SECRET_KEY", "KAIROS_ADMIN_KEY"])
 def test_secrets_are_required_from_the_host(name: str, variable: str) -> None:
     value = _environment(_services()[name]).get(variable)
     assert value is not None, f"{name}: {variable} not set"

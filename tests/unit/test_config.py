@@ -17,6 +17,7 @@ def test_defaults_from_an_empty_environment() -> None:
         log_level="info",
         database_url=default_database_url(),
         admin_key="",
+        secret_key="",
         http_host="127.0.0.1",
         http_port=8080,
         public_url="",

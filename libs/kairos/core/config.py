@@ -48,6 +48,14 @@ def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'kairos.db'}"
 
 
+def _secret_key(env: Mapping[str, str]) -> str:
+    """KAIROS_SECRET_KEY: encrypts signing secrets at rest; optional, but at least 32 characters when set."""
+    value = env.get("KAIROS_SECRET_KEY", "").strip()
+    if value and len(value) < 32:
+        raise ConfigError(f"KAIROS_SECRET_KEY must be at least 32 characters, got {len(value)}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Settings every service shares. Service-specific settings live beside each service."""
@@ -59,6 +67,7 @@ class ServiceConfig:
     log_level: str
     database_url: str
     admin_key: str
+    secret_key: str
     http_host: str
     http_port: int
     public_url: str
@@ -76,6 +85,7 @@ class ServiceConfig:
             log_level=env_choice(env, "KAIROS_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             database_url=env_str(env, "KAIROS_DATABASE_URL", default_database_url()),
             admin_key=env.get("KAIROS_ADMIN_KEY", "").strip(),
+            secret_key=_secret_key(env),
             http_host=env_str(env, "KAIROS_HTTP_HOST", "127.0.0.1"),
             http_port=env_int(env, "KAIROS_HTTP_PORT", 8080, maximum=65535),
             public_url=env.get("KAIROS_PUBLIC_URL", "").strip().rstrip("/"),

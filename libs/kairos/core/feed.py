@@ -36,6 +36,7 @@ class KvMirror(Generic[M]):
         self._values: dict[str, M] = {}
         self._task: asyncio.Task | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
+        self._changed = asyncio.Condition()
         self.loaded = asyncio.Event()
 
     def __len__(self) -> int:
@@ -60,6 +61,12 @@ class KvMirror(Generic[M]):
         value = self._type.FromString(entry.value)
         self._values.setdefault(key, value)
         return value
+
+    async def wait_until(self, key: str, predicate: Callable[[M | None], bool]) -> M | None:
+        """Waits until the mirrored value of `key` satisfies `predicate` (bound it with asyncio.timeout)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self._values.get(key)))
+            return self._values.get(key)
 
     async def start(self) -> None:
         """Starts following the bucket and returns once its current contents are loaded."""
@@ -96,3 +103,5 @@ class KvMirror(Generic[M]):
                 self._apply(entry.key, None)
             else:
                 self._apply(entry.key, self._type.FromString(entry.value))
+            async with self._changed:
+                self._changed.notify_all()

@@ -26,6 +26,8 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
 BINARY_NAME = "nats-server"
 LOG_FILE_NAME = "nats-server.log"
 DEFAULT_START_TIMEOUT_S = 15.0
@@ -199,9 +201,17 @@ class EmbeddedNatsServer:
 
     # -- internals -------------------------------------------------------------------------------------
 
+    def _config_file(self) -> Path:
+        """Settings with no command-line flag: room for a 1 MiB webhook body plus the fire's envelope."""
+        path = self.data_dir / "nats-server.conf"
+        path.write_text(f"max_payload: {MAX_PAYLOAD_BYTES}\n")
+        return path
+
     def _command(self, binary: Path) -> list[str]:
         return [
             str(binary),
+            "-c",
+            str(self._config_file()),
             "-a",
             self.host,
             "-p",

@@ -427,7 +427,7 @@ class Schedule:
     dst_gap_rule: int  # trigger_pb2.DstGapRule, never UNSPECIFIED
     dst_overlap_rule: int  # trigger_pb2.DstOverlapRule, never UNSPECIFIED
     plan: _CronPlan | _IntervalPlan | _OneShotPlan = field(repr=False)
-    source: bytes = field(repr=False, compare=False)  # the serialized input, for to_proto
+    serialized_source: bytes = field(repr=False, compare=False)  # the input as given, for to_proto
 
     # ---------------------------------------------------------------------------------------- describing
 
@@ -468,7 +468,7 @@ class Schedule:
 
     def to_proto(self) -> trigger_pb2.ScheduleSource:
         """The source as compiled, with the cron output-only fields filled in."""
-        message = trigger_pb2.ScheduleSource.FromString(self.source)
+        message = trigger_pb2.ScheduleSource.FromString(self.serialized_source)
         if isinstance(self.plan, _CronPlan):
             message.cron.canonical_expression = self.canonical_expression
             message.cron.description = self.cron_description
@@ -658,7 +658,7 @@ def compile_schedule(
         dst_gap_rule=gap_rule,
         dst_overlap_rule=overlap_rule,
         plan=plan,
-        source=source.SerializeToString(deterministic=True),
+        serialized_source=source.SerializeToString(deterministic=True),
     )
 
 
