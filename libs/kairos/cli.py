@@ -122,6 +122,15 @@ def _dev_secret_key(data_dir: Path) -> str:
 def _serve(args: argparse.Namespace) -> int:
     config = ServiceConfig.from_env()
     configure_logging(config.log_format, config.log_level)
+    if args.service == "ingress":
+        # The webhook endpoint's throughput depends on the event loop (tests/benchmarks/bench_ingress.py); uvloop
+        # comes with uvicorn[standard] where the platform has it.
+        try:
+            import uvloop
+        except ImportError:
+            uvloop = None
+        if uvloop is not None:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(run_services([args.service], config))
     return 0
 

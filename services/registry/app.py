@@ -6,8 +6,11 @@ from contextlib import AsyncExitStack
 
 from kairos.core import db
 from kairos.core.runtime import Runtime
-from kairos.registry import outbox
+from kairos.core.sealing import Sealer
+from kairos.registry import control, outbox
+from kairos.registry.reads import RowReader
 from kairos.registry.servicer import TriggerServicer, WebhookServicer, WorkspaceServicer
+from kairos.registry.transactions import Transactions
 from kairos.registry.triggers import TriggerRegistry
 from kairos.registry.webhooks import WebhookRegistry
 from kairos.registry.workspaces import WorkspaceRegistry
@@ -22,6 +25,8 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     stack.push_async_callback(engine.dispose)
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
     sessions = db.session_factory(engine)
+    transactions = Transactions(sessions, runtime.config.database_url)
+    stack.callback(transactions.close)
     buckets = runtime.buckets
     relay = outbox.OutboxRelay(
         sessions,
@@ -30,19 +35,23 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
             outbox.WEBHOOKS: buckets.webhooks,
             outbox.API_KEYS: buckets.api_keys,
         },
+        transactions,
     )
     await relay.start()
     stack.push_async_callback(relay.stop)
 
+    sealer = Sealer(runtime.config.secret_key) if runtime.config.secret_key else None
     workspaces = WorkspaceRegistry(sessions, relay)
     runtime.extras["workspaces"] = workspaces
+    reader = RowReader(runtime.config.database_url, sessions)
+    stack.callback(reader.close)
+    triggers = TriggerRegistry(sessions, relay, runtime.js, reader, transactions)
     server = runtime.grpc.server
-    trigger_service_pb2_grpc.add_TriggerServiceServicer_to_server(
-        TriggerServicer(TriggerRegistry(sessions, relay, runtime.js)), server
-    )
+    trigger_service_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerServicer(triggers), server)
     webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
-        WebhookServicer(WebhookRegistry(sessions, relay)), server
+        WebhookServicer(WebhookRegistry(sessions, relay, sealer)), server
     )
     workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(workspaces), server)
+    await control.start(stack, runtime, triggers)
     for service in ("TriggerService", "WebhookService", "WorkspaceService"):
         runtime.grpc.add(f"kairos.v1.{service}")

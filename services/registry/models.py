@@ -74,6 +74,7 @@ class TriggerRow(Base):
     __table_args__ = (
         UniqueConstraint("workspace_id", "request_id"),
         Index("ix_triggers_workspace_created", "workspace_id", "create_time", "id"),
+        Index("ix_triggers_workspace_kind_state", "workspace_id", "source_kind", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

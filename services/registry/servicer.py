@@ -169,6 +169,14 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         workspaces, token = await self._workspaces.list_workspaces(request.page_size, request.page_token)
         return workspace_service_pb2.ListWorkspacesResponse(workspaces=workspaces, next_page_token=token)
 
+    async def UpdateWorkspace(self, request, context):
+        workspace = parse_workspace(request.workspace.name, "workspace.name")
+        check_workspace(workspace, request.workspace.name)
+        if any(path.startswith("quota") for path in request.update_mask.paths):
+            require_admin()
+        updated = await self._workspaces.update_workspace(workspace, request.workspace, request.update_mask)
+        return workspace_service_pb2.UpdateWorkspaceResponse(workspace=updated)
+
     async def CreateApiKey(self, request, context):
         api_key, key = await self._workspaces.create_api_key(workspace_for(request.parent), request.api_key)
         return workspace_service_pb2.CreateApiKeyResponse(api_key=api_key, key=key)

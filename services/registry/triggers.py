@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,16 +11,19 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js import JetStreamContext
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from kairos.core import messaging
 from kairos.core.errors import KairosError, aborted, invalid_argument, not_found, unavailable
 from kairos.core.names import TriggerName, new_id
-from kairos.core.schedule import Schedule, compile_schedule
+from kairos.core.schedule import Schedule
 from kairos.registry import outbox
-from kairos.registry.models import TriggerRow, WebhookRow, WorkspaceRow
+from kairos.registry.models import OutboxRow, TriggerRow, WebhookRow, WorkspaceRow
+from kairos.registry.reads import RowReader, ScheduleCache
+from kairos.registry.transactions import Transactions
 from kairos.registry.validation import validate_trigger
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2, trigger_service_pb2
 
@@ -30,6 +34,19 @@ DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS = 10_000
 UPDATABLE_PATHS = ("display_name", "description", "source", "action", "policies", "labels")
 State = trigger_pb2.TriggerState
 Kind = trigger_pb2.SourceKind
+WORKSPACE_LIMITS = select(WorkspaceRow.max_schedule_triggers, WorkspaceRow.max_webhook_event_triggers).where(
+    WorkspaceRow.id == bindparam("workspace_id")
+)
+TRIGGER_COUNT = (
+    select(func.count())
+    .select_from(TriggerRow.__table__)
+    .where(
+        TriggerRow.workspace_id == bindparam("workspace_id"),
+        TriggerRow.source_kind.in_(bindparam("kinds", expanding=True)),
+    )
+)
+INSERT_TRIGGER = insert(TriggerRow.__table__)
+INSERT_OUTBOX = insert(OutboxRow.__table__)
 SOURCE_KINDS = {
     "schedule": Kind.SOURCE_KIND_SCHEDULE,
     "webhook": Kind.SOURCE_KIND_WEBHOOK,
@@ -76,10 +93,20 @@ class StoredTrigger:
 class TriggerRegistry:
     """The domain operations behind TriggerService. Every method takes the caller's workspace id."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay, js: JetStreamContext):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        relay: outbox.OutboxRelay,
+        js: JetStreamContext,
+        reader: RowReader | None = None,
+        transactions: Transactions | None = None,
+    ):
         self._sessions = sessions
         self._relay = relay
         self._js = js
+        self._reader = reader
+        self._transactions = transactions or Transactions(sessions)
+        self._schedules = ScheduleCache()
 
     @staticmethod
     def _decode(row: TriggerRow) -> trigger_pb2.Trigger:
@@ -88,12 +115,7 @@ class TriggerRegistry:
     def with_info(self, trigger: trigger_pb2.Trigger, now: datetime | None = None) -> trigger_pb2.Trigger:
         """Fills the output-only next fire time of an active schedule trigger."""
         if trigger.state == State.TRIGGER_STATE_ACTIVE and trigger.source.HasField("schedule"):
-            schedule = compile_schedule(
-                trigger.source.schedule,
-                anchor=trigger.create_time.ToDatetime(UTC),
-                field_prefix="trigger.source.schedule",
-            )
-            next_fire = schedule.next_fire_after(now or datetime.now(UTC))
+            next_fire = self._schedules.next_fire(trigger.name, trigger.revision, trigger, now or datetime.now(UTC))
             if next_fire is not None:
                 trigger.info.next_fire_time.CopyFrom(timestamp(next_fire))
         return trigger
@@ -104,8 +126,10 @@ class TriggerRegistry:
             raise not_found(str(name))
         return row
 
-    async def _check_quota(self, session: AsyncSession, workspace_id: str, kind: int) -> None:
-        workspace = await session.get(WorkspaceRow, workspace_id)
+    @staticmethod
+    def _check_quota(session: Session, workspace_id: str, kind: int) -> None:
+        connection = session.connection()
+        workspace = connection.execute(WORKSPACE_LIMITS, {"workspace_id": workspace_id}).first()
         if workspace is None:
             raise not_found(f"workspaces/{workspace_id}")
         if kind == Kind.SOURCE_KIND_SCHEDULE:
@@ -115,9 +139,7 @@ class TriggerRegistry:
             kinds = [Kind.SOURCE_KIND_WEBHOOK, Kind.SOURCE_KIND_EVENT]
             limit = workspace.max_webhook_event_triggers or DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS
             label = "webhook_event"
-        count = await session.scalar(
-            select(func.count()).where(TriggerRow.workspace_id == workspace_id, TriggerRow.source_kind.in_(kinds))
-        )
+        count = connection.execute(TRIGGER_COUNT, {"workspace_id": workspace_id, "kinds": kinds}).scalar_one()
         if count >= limit:
             raise KairosError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -126,7 +148,7 @@ class TriggerRegistry:
                 metadata={"kind": label, "count": str(count), "limit": str(limit)},
             )
 
-    def _store(self, session: AsyncSession, row: TriggerRow, trigger: trigger_pb2.Trigger) -> None:
+    def _store(self, session: AsyncSession | Session, row: TriggerRow, trigger: trigger_pb2.Trigger) -> None:
         row.body = trigger.SerializeToString()
         row.state = trigger.state
         row.revision = trigger.revision
@@ -137,56 +159,86 @@ class TriggerRegistry:
     async def create(self, workspace_id: str, draft: trigger_pb2.Trigger, request_id: str) -> trigger_pb2.Trigger:
         if len(request_id) > 128:
             raise invalid_argument("INVALID_REQUEST_ID", "request_id", "must be at most 128 characters")
-        async with self._sessions() as session:
-            if request_id:
-                existing = await session.scalar(
-                    select(TriggerRow).where(
-                        TriggerRow.workspace_id == workspace_id, TriggerRow.request_id == request_id
-                    )
-                )
-                if existing is not None:
-                    return self.with_info(self._decode(existing))
-            now = datetime.now(UTC)
-            schedule = validate_trigger(draft, now)
-            kind = SOURCE_KINDS[draft.source.WhichOneof("kind")]
-            await self._check_quota(session, workspace_id, kind)
-            trigger_id = new_id("t")
-            trigger = trigger_pb2.Trigger()
-            trigger.CopyFrom(draft)
-            trigger.name = str(TriggerName(workspace_id, trigger_id))
-            trigger.ClearField("info")
-            if trigger.source.HasField("webhook"):
-                trigger.source.webhook.ClearField("webhooks")
-            if schedule is not None:
-                trigger.source.schedule.CopyFrom(schedule.to_proto())
-            if trigger.state == State.TRIGGER_STATE_UNSPECIFIED:
-                trigger.state = State.TRIGGER_STATE_ACTIVE
-            trigger.revision = 1
-            trigger.etag = "1"
-            trigger.create_time.CopyFrom(timestamp(now))
-            trigger.update_time.CopyFrom(timestamp(now))
-            row = TriggerRow(
-                id=trigger_id,
-                workspace_id=workspace_id,
-                request_id=request_id or None,
-                source_kind=kind,
-                create_time=now,
-            )
-            self._store(session, row, trigger)
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                if not request_id:
-                    raise
-                return await self.create(workspace_id, draft, request_id)
-        await self._relay.flush_soon()
+        now = datetime.now(UTC)
+        trigger, created = await self._transactions.run(
+            functools.partial(self._create, workspace_id=workspace_id, draft=draft, request_id=request_id, now=now)
+        )
+        if created:
+            await self._relay.flush_soon()
         return self.with_info(trigger, now)
 
+    def _create(
+        self, session: Session, *, workspace_id: str, draft: trigger_pb2.Trigger, request_id: str, now: datetime
+    ) -> tuple[trigger_pb2.Trigger, bool]:
+        """The create transaction: (the trigger, True), or (the one `request_id` created before, False)."""
+        if request_id:
+            existing = session.scalar(
+                select(TriggerRow).where(TriggerRow.workspace_id == workspace_id, TriggerRow.request_id == request_id)
+            )
+            if existing is not None:
+                return self._decode(existing), False
+        schedule = validate_trigger(draft, now)
+        kind = SOURCE_KINDS[draft.source.WhichOneof("kind")]
+        self._check_quota(session, workspace_id, kind)
+        trigger_id = new_id("t")
+        trigger = trigger_pb2.Trigger()
+        trigger.CopyFrom(draft)
+        trigger.name = str(TriggerName(workspace_id, trigger_id))
+        trigger.ClearField("info")
+        if trigger.source.HasField("webhook"):
+            trigger.source.webhook.ClearField("webhooks")
+        if schedule is not None:
+            trigger.source.schedule.CopyFrom(schedule.to_proto())
+        if trigger.state == State.TRIGGER_STATE_UNSPECIFIED:
+            trigger.state = State.TRIGGER_STATE_ACTIVE
+        trigger.revision = 1
+        trigger.etag = "1"
+        trigger.create_time.CopyFrom(timestamp(now))
+        trigger.update_time.CopyFrom(timestamp(now))
+        body = trigger.SerializeToString()
+        try:
+            # prepared Core statements rather than ORM objects: a fraction of the work per create
+            connection = session.connection()
+            connection.execute(
+                INSERT_TRIGGER,
+                {
+                    "id": trigger_id,
+                    "workspace_id": workspace_id,
+                    "request_id": request_id or None,
+                    "state": trigger.state,
+                    "source_kind": kind,
+                    "agent": trigger.action.agent,
+                    "revision": 1,
+                    "body": body,
+                    "create_time": now,
+                    "update_time": now,
+                },
+            )
+            connection.execute(
+                INSERT_OUTBOX,
+                {
+                    "bucket": outbox.TRIGGERS,
+                    "key": feed_key(workspace_id, trigger_id),
+                    "value": body,
+                    "create_time": now,
+                },
+            )
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            if not request_id:
+                raise
+            return self._create(session, workspace_id=workspace_id, draft=draft, request_id=request_id, now=now)
+        return trigger, True
+
     async def get(self, name: TriggerName) -> trigger_pb2.Trigger:
-        async with self._sessions() as session:
-            return self.with_info(self._decode(await self._row(session, name)))
+        if self._reader is None:
+            async with self._sessions() as session:
+                return self.with_info(self._decode(await self._row(session, name)))
+        found = await self._reader.trigger(name.trigger)
+        if found is None or found[0] != name.workspace:
+            raise not_found(str(name))
+        return self.with_info(trigger_pb2.Trigger.FromString(found[2]))
 
     async def list(
         self, workspace_id: str, request: trigger_service_pb2.ListTriggersRequest
@@ -221,21 +273,33 @@ class TriggerRegistry:
         now = datetime.now(UTC)
         return [self.with_info(self._decode(row), now) for row in rows], token
 
+    @staticmethod
+    def _locked_row(session: Session, name: TriggerName) -> TriggerRow:
+        row = session.get(TriggerRow, name.trigger)
+        if row is None or row.workspace_id != name.workspace:
+            raise not_found(str(name))
+        return row
+
     async def _mutate(self, name: TriggerName, etag: str, change) -> trigger_pb2.Trigger:
-        async with self._sessions() as session:
-            row = await self._row(session, name)
-            trigger = self._decode(row)
-            if etag and etag != trigger.etag:
-                raise aborted("ETAG_MISMATCH", f"{name} has changed (etag {trigger.etag}, request had {etag})")
-            change(trigger)
-            now = datetime.now(UTC)
-            trigger.revision += 1
-            trigger.etag = str(trigger.revision)
-            trigger.update_time.CopyFrom(timestamp(now))
-            self._store(session, row, trigger)
-            await session.commit()
+        now = datetime.now(UTC)
+        trigger = await self._transactions.run(
+            functools.partial(self._mutate_in, name=name, etag=etag, change=change, now=now)
+        )
         await self._relay.flush_soon()
         return self.with_info(trigger, now)
+
+    def _mutate_in(self, session: Session, *, name: TriggerName, etag: str, change, now: datetime):
+        row = self._locked_row(session, name)
+        trigger = self._decode(row)
+        if etag and etag != trigger.etag:
+            raise aborted("ETAG_MISMATCH", f"{name} has changed (etag {trigger.etag}, request had {etag})")
+        change(trigger)
+        trigger.revision += 1
+        trigger.etag = str(trigger.revision)
+        trigger.update_time.CopyFrom(timestamp(now))
+        self._store(session, row, trigger)
+        session.commit()
+        return trigger
 
     async def update(self, name: TriggerName, patch: trigger_pb2.Trigger, mask: field_mask_pb2.FieldMask):
         if not mask.paths:
@@ -276,17 +340,19 @@ class TriggerRegistry:
         return await self._mutate(name, "", apply)
 
     async def delete(self, name: TriggerName, etag: str) -> None:
-        async with self._sessions() as session:
-            row = await self._row(session, name)
-            if etag and etag != str(row.revision):
-                raise aborted("ETAG_MISMATCH", f"{name} has changed (etag {row.revision}, request had {etag})")
-            webhook_ids = (await session.scalars(select(WebhookRow.id).where(WebhookRow.trigger_id == row.id))).all()
-            for webhook_id in webhook_ids:
-                outbox.stage(session, outbox.WEBHOOKS, webhook_id, None)
-            outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), None)
-            await session.delete(row)
-            await session.commit()
+        await self._transactions.run(functools.partial(self._delete_in, name=name, etag=etag))
         await self._relay.flush_soon()
+
+    def _delete_in(self, session: Session, *, name: TriggerName, etag: str) -> None:
+        row = self._locked_row(session, name)
+        if etag and etag != str(row.revision):
+            raise aborted("ETAG_MISMATCH", f"{name} has changed (etag {row.revision}, request had {etag})")
+        webhook_ids = session.scalars(select(WebhookRow.id).where(WebhookRow.trigger_id == row.id)).all()
+        for webhook_id in webhook_ids:
+            outbox.stage(session, outbox.WEBHOOKS, webhook_id, None)
+        outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), None)
+        session.delete(row)
+        session.commit()
 
     async def fire(self, name: TriggerName, request: trigger_service_pb2.FireTriggerRequest) -> str:
         if len(request.request_id) > 128:
@@ -317,34 +383,42 @@ class TriggerRegistry:
 
     async def upcoming(
         self, workspace_id: str, trigger_name: TriggerName | None, count: int, end: datetime | None
-    ) -> list[trigger_pb2.Trigger | tuple]:
+    ) -> list[tuple[datetime, str, Schedule]]:
         """The next `count` fires, ascending, of one trigger or every active schedule trigger of a workspace."""
-        query = select(TriggerRow).where(
-            TriggerRow.workspace_id == workspace_id,
-            TriggerRow.source_kind == Kind.SOURCE_KIND_SCHEDULE,
-            TriggerRow.state == State.TRIGGER_STATE_ACTIVE,
-        )
         if trigger_name is not None:
             async with self._sessions() as session:
                 await self._row(session, trigger_name)
-            query = query.where(TriggerRow.id == trigger_name.trigger)
-        async with self._sessions() as session:
-            rows = (await session.scalars(query)).all()
+        rows = await self._transactions.run(
+            functools.partial(
+                _active_schedules,
+                workspace_id=workspace_id,
+                trigger_id=trigger_name.trigger if trigger_name is not None else None,
+            )
+        )
         now = datetime.now(UTC)
         streams = []
-        for row in rows:
-            trigger = self._decode(row)
-            schedule = compile_schedule(
-                trigger.source.schedule,
-                anchor=trigger.create_time.ToDatetime(UTC),
-                field_prefix="trigger.source.schedule",
-            )
-            streams.append(_fires(trigger.name, schedule, now, end))
-        return list(_take(heapq.merge(*streams, key=lambda item: item[0]), count))
+        for trigger_id, revision, body in rows:
+            name = str(TriggerName(workspace_id, trigger_id))
+            first = self._schedules.next_fire(name, revision, body, now)
+            if first is not None and (end is None or first < end):
+                streams.append(_fires(first, name, self._schedules.schedule(name, revision, body), end))
+        return _take(heapq.merge(*streams, key=lambda item: item[0]), count)
 
 
-def _fires(name: str, schedule: Schedule, after: datetime, end: datetime | None):
-    instant = schedule.next_fire_after(after)
+ACTIVE_SCHEDULES = select(TriggerRow.id, TriggerRow.revision, TriggerRow.body).where(
+    TriggerRow.workspace_id == bindparam("workspace_id"),
+    TriggerRow.source_kind == Kind.SOURCE_KIND_SCHEDULE,
+    TriggerRow.state == State.TRIGGER_STATE_ACTIVE,
+)
+
+
+def _active_schedules(session: Session, workspace_id: str, trigger_id: str | None) -> list[tuple[str, int, bytes]]:
+    query = ACTIVE_SCHEDULES if trigger_id is None else ACTIVE_SCHEDULES.where(TriggerRow.id == trigger_id)
+    return [tuple(row) for row in session.connection().execute(query, {"workspace_id": workspace_id})]
+
+
+def _fires(first: datetime, name: str, schedule: Schedule, end: datetime | None):
+    instant = first
     while instant is not None and (end is None or instant < end):
         yield instant, name, schedule
         instant = schedule.next_fire_after(instant)

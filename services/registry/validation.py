@@ -17,6 +17,14 @@ MAX_PROMPT = 32_768
 MAX_TEMPLATE_BYTES = 65_536
 MAX_ACCEPTED_EVENT_TYPES = 50
 MAX_LABELS = 64
+MAX_STATE_NOTE = 1_000
+MAX_DURATION_SECONDS = 315_576_000_000
+CREATABLE_STATES = (
+    trigger_pb2.TriggerState.TRIGGER_STATE_UNSPECIFIED,
+    trigger_pb2.TriggerState.TRIGGER_STATE_DRAFT,
+    trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE,
+    trigger_pb2.TriggerState.TRIGGER_STATE_PAUSED,
+)
 AGENT_NAME = re.compile(r"^agents/[a-z0-9][a-z0-9_-]{0,62}\Z")
 OWNER_NAME = re.compile(r"^(users|serviceAccounts)/[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}\Z")
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}\Z")
@@ -40,10 +48,23 @@ def _length(value: str, limit: int, field: str) -> None:
         raise invalid_argument("FIELD_TOO_LONG", field, f"must be at most {limit} characters")
 
 
+def _known_enum(value: int, enum_type, field: str) -> None:
+    if value not in enum_type.values():
+        raise invalid_argument("INVALID_ENUM_VALUE", field, f"{value} is not a {enum_type.DESCRIPTOR.name}")
+
+
+def _duration(duration, field: str) -> None:
+    if not (0 <= duration.seconds <= MAX_DURATION_SECONDS and 0 <= duration.nanos <= 999_999_999):
+        raise invalid_argument("INVALID_DURATION", field, "must be a valid, non-negative duration")
+
+
 def validate_trigger(trigger: trigger_pb2.Trigger, anchor: datetime) -> Schedule | None:
     """Checks a trigger's user-settable fields; returns its compiled schedule for schedule sources."""
     _length(trigger.display_name, MAX_DISPLAY_NAME, "trigger.display_name")
     _length(trigger.description, MAX_DESCRIPTION, "trigger.description")
+    if trigger.state not in CREATABLE_STATES:
+        raise invalid_argument("INVALID_STATE", "trigger.state", "must be DRAFT, ACTIVE or PAUSED")
+    _length(trigger.state_note, MAX_STATE_NOTE, "trigger.state_note")
     if len(trigger.labels) > MAX_LABELS:
         raise invalid_argument("TOO_MANY_LABELS", "trigger.labels", f"at most {MAX_LABELS} labels")
     schedule = _validate_source(trigger.source)
@@ -86,6 +107,7 @@ def _validate_action(action: trigger_pb2.Action) -> None:
         raise invalid_argument(
             "INVALID_OWNER", "trigger.action.owner", "must look like users/{user} or serviceAccounts/{id}"
         )
+    _known_enum(action.agent_version, trigger_pb2.AgentVersion, "trigger.action.agent_version")
     _length(action.prompt, MAX_PROMPT, "trigger.action.prompt")
     if action.input_template.ByteSize() > MAX_TEMPLATE_BYTES:
         raise invalid_argument(
@@ -113,6 +135,23 @@ def _validate_action(action: trigger_pb2.Action) -> None:
 def _validate_policies(policies: trigger_pb2.Policies) -> None:
     if policies.attempt_deadline.seconds < 0 or policies.attempt_deadline.nanos < 0:
         raise invalid_argument("INVALID_DEADLINE", "trigger.policies.attempt_deadline", "must not be negative")
+    _duration(policies.attempt_deadline, "trigger.policies.attempt_deadline")
+    _known_enum(policies.overlap, trigger_pb2.OverlapPolicy, "trigger.policies.overlap")
+    _known_enum(policies.catchup.mode, trigger_pb2.CatchupMode, "trigger.policies.catchup.mode")
+    _duration(policies.catchup.window, "trigger.policies.catchup.window")
+    retry = policies.retry
+    _duration(retry.initial_backoff, "trigger.policies.retry.initial_backoff")
+    _duration(retry.max_backoff, "trigger.policies.retry.max_backoff")
+    if retry.max_backoff.ToNanoseconds() and retry.max_backoff.ToNanoseconds() < retry.initial_backoff.ToNanoseconds():
+        raise invalid_argument(
+            "INVALID_RETRY", "trigger.policies.retry.max_backoff", "must not be shorter than initial_backoff"
+        )
+    if not math.isfinite(retry.backoff_multiplier) or not (
+        retry.backoff_multiplier == 0 or retry.backoff_multiplier >= 1
+    ):
+        raise invalid_argument(
+            "INVALID_RETRY", "trigger.policies.retry.backoff_multiplier", "must be at least 1 (0 means the default)"
+        )
     if policies.max_runs_per_day < 0:
         raise invalid_argument("INVALID_LIMIT", "trigger.policies.max_runs_per_day", "must not be negative")
     if policies.pause_after_failures < 0:

@@ -1,8 +1,11 @@
-"""Webhook lifecycle and secrets. Secrets are shown once; only their SHA-256 digests are stored and fed to
-the ingress."""
+"""Webhook lifecycle and secrets. Secrets are shown once. Bearer tokens and shared secrets are stored and fed
+to the ingress as SHA-256 digests; Standard Webhooks signing keys, which the ingress must use for HMAC, are
+stored and fed sealed (AES-GCM under KAIROS_SECRET_KEY, bound to the webhook's name)."""
 
 from __future__ import annotations
 
+import base64
+import secrets as random_source
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kairos.core import secrets
 from kairos.core.errors import KairosError, aborted, invalid_argument, not_found
 from kairos.core.names import TriggerName, WebhookName, new_id, parse_trigger
+from kairos.core.sealing import Sealer
 from kairos.registry import outbox
 from kairos.registry.models import TriggerRow, WebhookCredentialRow, WebhookRow
 from kairos.registry.triggers import decode_page_token, encode_page_token, page_size, timestamp
@@ -26,14 +30,25 @@ SECRET_PREFIXES = {
 }
 UPDATABLE_PATHS = ("display_name", "owner", "disabled", "accepted_event_types", "field_mapping", "rate_limit")
 MAX_GRACE = timedelta(days=30)
+SIGNING_SECRET_PREFIX = "whsec_"
+SIGNING_KEY_BYTES = 24
+
+
+def new_signing_key() -> tuple[bytes, str]:
+    """A random Standard Webhooks signing key and its `whsec_<base64>` form (what senders configure)."""
+    key = random_source.token_bytes(SIGNING_KEY_BYTES)
+    return key, SIGNING_SECRET_PREFIX + base64.b64encode(key).decode()
 
 
 class WebhookRegistry:
     """The domain operations behind WebhookService."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay, sealer: Sealer | None = None
+    ) -> None:
         self._sessions = sessions
         self._relay = relay
+        self._sealer = sealer
 
     async def _row(self, session: AsyncSession, name: WebhookName) -> WebhookRow:
         row = await session.get(WebhookRow, name.webhook)
@@ -55,7 +70,9 @@ class WebhookRegistry:
         for credential in credentials:
             info = webhook.secrets.add(id=credential.id, hint=credential.hint)
             info.create_time.CopyFrom(timestamp(credential.create_time))
-            fed = record.credentials.add(id=credential.id, digest=credential.digest)
+            fed = record.credentials.add(
+                id=credential.id, digest=credential.digest, sealed_signing_key=credential.sealed_signing_key
+            )
             if credential.expire_time is not None:
                 info.expire_time.CopyFrom(timestamp(credential.expire_time))
                 fed.expire_time.CopyFrom(info.expire_time)
@@ -64,23 +81,26 @@ class WebhookRegistry:
             outbox.stage(session, outbox.WEBHOOKS, row.id, record.SerializeToString())
         return webhook
 
-    @staticmethod
-    def _new_credential(webhook_id: str, mode: int, now: datetime) -> tuple[WebhookCredentialRow, str]:
-        if mode not in SECRET_PREFIXES:
-            raise KairosError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "AUTH_MODE_NOT_AVAILABLE",
-                "webhook.auth_mode: Standard Webhooks signing secrets are not available yet; use BEARER_TOKEN "
-                "or SHARED_SECRET_HEADER",
-            )
-        secret = secrets.new_secret(SECRET_PREFIXES[mode])
-        row = WebhookCredentialRow(
-            id=new_id("sec"),
-            webhook_id=webhook_id,
-            digest=secrets.digest(secret),
-            hint=secret[-4:],
-            create_time=now,
-        )
+    def _new_credential(self, name: WebhookName, mode: int, now: datetime) -> tuple[WebhookCredentialRow, str]:
+        row = WebhookCredentialRow(id=new_id("sec"), webhook_id=name.webhook, create_time=now)
+        if mode == Mode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS:
+            if self._sealer is None:
+                raise KairosError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "SECRET_KEY_NOT_CONFIGURED",
+                    "webhook.auth_mode: Standard Webhooks signing secrets are encrypted at rest; the operator must "
+                    "set KAIROS_SECRET_KEY (or use BEARER_TOKEN or SHARED_SECRET_HEADER)",
+                )
+            key, secret = new_signing_key()
+            row.digest = b""
+            row.sealed_signing_key = self._sealer.seal(key, context=str(name))
+        elif mode in SECRET_PREFIXES:
+            secret = secrets.new_secret(SECRET_PREFIXES[mode])
+            row.digest = secrets.digest(secret)
+            row.sealed_signing_key = b""
+        else:
+            raise invalid_argument("INVALID_AUTH_MODE", "webhook.auth_mode", f"unknown auth mode {mode}")
+        row.hint = secret[-4:]
         return row, secret
 
     async def create(
@@ -133,7 +153,7 @@ class WebhookRegistry:
                 create_time=now,
                 update_time=now,
             )
-            credential, secret = self._new_credential(webhook_id, webhook.auth_mode, now)
+            credential, secret = self._new_credential(WebhookName(workspace_id, webhook_id), webhook.auth_mode, now)
             session.add(row)
             await session.flush()
             session.add(credential)
@@ -228,9 +248,13 @@ class WebhookRegistry:
                     credential.expire_time = min(credential.expire_time or expiry, expiry)
                 else:
                     await session.delete(credential)
-            credential, secret = self._new_credential(row.id, webhook.auth_mode, now)
+            credential, secret = self._new_credential(name, webhook.auth_mode, now)
             session.add(credential)
             row.revision += 1
+            webhook.etag = str(row.revision)
+            webhook.update_time.CopyFrom(timestamp(now))
+            row.body = webhook.SerializeToString()
+            row.update_time = now
             await session.flush()
             view = await self._view(session, row, publish=True)
             await session.commit()

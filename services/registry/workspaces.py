@@ -6,17 +6,26 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf import field_mask_pb2
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kairos.core import secrets
-from kairos.core.errors import KairosError, invalid_argument, not_found
+from kairos.core.errors import KairosError, aborted, invalid_argument, not_found
 from kairos.core.names import WORKSPACE_ID, new_id
 from kairos.registry import outbox
 from kairos.registry.models import ApiKeyRow, WorkspaceRow
 from kairos.registry.triggers import decode_page_token, encode_page_token, page_size, timestamp
 from kairos.v1 import feed_pb2, workspace_pb2
+
+UPDATABLE_WORKSPACE_PATHS = (
+    "display_name",
+    "quota",
+    "quota.max_schedule_triggers",
+    "quota.max_webhook_event_triggers",
+    "quota.max_concurrent_runs",
+)
 
 
 def _workspace_view(row: WorkspaceRow) -> workspace_pb2.Workspace:
@@ -100,6 +109,46 @@ class WorkspaceRegistry:
             rows = rows[:limit]
             next_token = encode_page_token(rows[-1].id)
         return [_workspace_view(row) for row in rows], next_token
+
+    async def update_workspace(
+        self, workspace_id: str, patch: workspace_pb2.Workspace, mask: field_mask_pb2.FieldMask
+    ) -> workspace_pb2.Workspace:
+        """Changes the display name and quotas. A quota lowered below the current count refuses further creates
+        of that kind; existing triggers stay."""
+        if not mask.paths:
+            raise invalid_argument("MISSING_UPDATE_MASK", "update_mask", "name the fields to update")
+        for path in mask.paths:
+            if path not in UPDATABLE_WORKSPACE_PATHS:
+                raise invalid_argument(
+                    "INVALID_UPDATE_MASK",
+                    "update_mask",
+                    f"{path!r} cannot be updated; use {', '.join(UPDATABLE_WORKSPACE_PATHS)}",
+                )
+        async with self._sessions() as session:
+            row = await session.get(WorkspaceRow, workspace_id)
+            if row is None:
+                raise not_found(f"workspaces/{workspace_id}")
+            workspace = _workspace_view(row)
+            if patch.etag and patch.etag != workspace.etag:
+                raise aborted(
+                    "ETAG_MISMATCH",
+                    f"workspaces/{workspace_id} has changed (etag {workspace.etag}, request had {patch.etag})",
+                )
+            mask.MergeMessage(patch, workspace, replace_message_field=True)
+            if len(workspace.display_name) > 200:
+                raise invalid_argument("FIELD_TOO_LONG", "workspace.display_name", "must be at most 200 characters")
+            for field in workspace_pb2.WorkspaceQuota.DESCRIPTOR.fields:
+                if getattr(workspace.quota, field.name) < 0:
+                    raise invalid_argument(
+                        "INVALID_QUOTA", f"workspace.quota.{field.name}", "must not be negative (0 means the default)"
+                    )
+            row.display_name = workspace.display_name
+            row.max_schedule_triggers = workspace.quota.max_schedule_triggers
+            row.max_webhook_event_triggers = workspace.quota.max_webhook_event_triggers
+            row.max_concurrent_runs = workspace.quota.max_concurrent_runs
+            row.revision += 1
+            await session.commit()
+        return _workspace_view(row)
 
     async def ensure_workspace(self, workspace_id: str, display_name: str) -> None:
         async with self._sessions() as session:

@@ -73,6 +73,12 @@ class ServiceConfig:
     public_url: str
     run_retention: int
     python_runner_modules: tuple[str, ...]
+    webhook_tolerance_s: int = 300
+    webhook_rate_per_s: float = 50.0
+    webhook_burst: int = 100
+    workspace_max_concurrent_runs: int = 100
+    executor_ack_wait_s: int = 30
+    notify_signing_secret: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -95,4 +101,10 @@ class ServiceConfig:
                 for module in env_str(env, "KAIROS_PYTHON_RUNNER_MODULES", "kairos.agents").split(",")
                 if module.strip()
             ),
+            webhook_tolerance_s=env_int(env, "KAIROS_WEBHOOK_TOLERANCE_S", 300, minimum=1, maximum=86400),
+            webhook_rate_per_s=float(env_int(env, "KAIROS_WEBHOOK_RATE_PER_S", 50, minimum=1)),
+            webhook_burst=env_int(env, "KAIROS_WEBHOOK_BURST", 100, minimum=1),
+            workspace_max_concurrent_runs=env_int(env, "KAIROS_WORKSPACE_MAX_CONCURRENT_RUNS", 100, minimum=1),
+            executor_ack_wait_s=env_int(env, "KAIROS_EXECUTOR_ACK_WAIT_S", 30, minimum=1, maximum=3600),
+            notify_signing_secret=env.get("KAIROS_NOTIFY_SIGNING_SECRET", "").strip(),
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ TRIGGERS_BUCKET = "kairos_triggers"
 WEBHOOKS_BUCKET = "kairos_webhooks"
 API_KEYS_BUCKET = "kairos_api_keys"
 SCHEDULER_BUCKET = "kairos_scheduler"
+# Created by the ingress (not in ALL_BUCKETS): webhook deliveries seen (24 h TTL), event types workspaces used.
+WEBHOOK_DELIVERIES_BUCKET = "kairos_webhook_deliveries"
+EVENT_TYPES_BUCKET = "kairos_event_types"
 ALL_BUCKETS = (TRIGGERS_BUCKET, WEBHOOKS_BUCKET, API_KEYS_BUCKET, SCHEDULER_BUCKET)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -132,11 +135,19 @@ def _join(prefix: str, workspace: str, trigger_id: str) -> str:
 # -- connecting ----------------------------------------------------------------------------------------
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 10.0, **kw: Any) -> Client:
+async def connect(
+    url: str,
+    name: str,
+    *,
+    connect_timeout: float = 10.0,
+    on_connection_change: Callable[[bool], None] | None = None,
+    **kw: Any,
+) -> Client:
     """Connect to NATS at `url` as client `name`, reconnecting forever once connected.
 
     The first connection must succeed within `connect_timeout` seconds, otherwise `NatsConnectError` names the
-    URL. Extra keyword arguments go to `nats.aio.client.Client.connect` and override the defaults
+    URL. `on_connection_change(False)` is called when the connection is lost, `(True)` when it is back.
+    Extra keyword arguments go to `nats.aio.client.Client.connect` and override the defaults
     (e.g. `error_cb`, `disconnected_cb`, `reconnected_cb`, `reconnect_time_wait`).
     """
     bound = log.bind(nats_url=url, client_name=name)
@@ -146,9 +157,13 @@ async def connect(url: str, name: str, *, connect_timeout: float = 10.0, **kw: A
 
     async def disconnected_cb() -> None:
         bound.warning("nats.disconnected")
+        if on_connection_change is not None:
+            on_connection_change(False)
 
     async def reconnected_cb() -> None:
         bound.info("nats.reconnected")
+        if on_connection_change is not None:
+            on_connection_change(True)
 
     async def closed_cb() -> None:
         bound.info("nats.closed")
@@ -278,13 +293,24 @@ async def ensure_streams(
         await ensure_stream(js, desired)
 
 
-async def ensure_key_value(js: JetStreamContext, bucket: str, *, history: int = 1, replicas: int = 1) -> KeyValue:
-    """Return the KV bucket `bucket`, creating it (file storage) or fixing its history/replicas."""
+async def ensure_key_value(
+    js: JetStreamContext,
+    bucket: str,
+    *,
+    history: int = 1,
+    replicas: int = 1,
+    ttl: float | None = None,
+    direct: bool | None = None,
+) -> KeyValue:
+    """Return the KV bucket `bucket`, creating it (file storage; values expire after `ttl` seconds when given;
+    `direct` allows direct gets, read by any replica without the JetStream API) or fixing its history/replicas."""
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         try:
-            kv = await js.create_key_value(bucket=bucket, history=history, replicas=replicas, storage=StorageType.FILE)
+            kv = await js.create_key_value(
+                bucket=bucket, history=history, replicas=replicas, storage=StorageType.FILE, ttl=ttl, direct=direct
+            )
             log.info("nats.kv_created", bucket=bucket)
             return kv
         except nats.js.errors.BadRequestError as e:

@@ -48,6 +48,7 @@ class Runtime:
     grpc: GrpcServer
     endpoints: dict[str, str] = field(default_factory=dict)
     extras: dict[str, object] = field(default_factory=dict)
+    nats_lost: asyncio.Event = field(default_factory=asyncio.Event)  # set while NATS is unreachable
 
 
 ReadyCallback = Callable[[Runtime], Awaitable[None]]
@@ -82,7 +83,12 @@ async def run_services(
         loop.add_signal_handler(signum, stop.set)
 
     async with AsyncExitStack() as stack:
-        nc = await messaging.connect(config.nats_url, name=f"kairos-{'+'.join(services)}")
+        nats_lost = asyncio.Event()
+        nc = await messaging.connect(
+            config.nats_url,
+            name=f"kairos-{'+'.join(services)}",
+            on_connection_change=lambda connected: nats_lost.clear() if connected else nats_lost.set(),
+        )
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
         buckets = await messaging.ensure_all(js)
@@ -95,7 +101,7 @@ async def run_services(
             return await api_keys.get(key_id)
 
         grpc_server = GrpcServer(Authenticator(lookup, config.admin_key))
-        runtime = Runtime(config, nc, js, buckets, api_keys, grpc_server)
+        runtime = Runtime(config, nc, js, buckets, api_keys, grpc_server, nats_lost=nats_lost)
         for name in services:
             module = importlib.import_module(SERVICE_MODULES[name])
             await module.start(stack, runtime)

@@ -51,8 +51,12 @@ class Suite:
 
 @asynccontextmanager
 async def running_suite(
-    data_dir: Path, database_url: str, services: tuple[str, ...] = tuple(SERVICE_MODULES)
+    data_dir: Path,
+    database_url: str,
+    services: tuple[str, ...] = tuple(SERVICE_MODULES),
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Suite]:
+    """`env` adds or overrides KAIROS_* settings (e.g. `{"KAIROS_SECRET_KEY": ""}` to run without one)."""
     admin_key = secrets.token_urlsafe(24)
     async with EmbeddedNatsServer(data_dir / "nats") as nats_server:
         config = ServiceConfig.from_env(
@@ -62,7 +66,9 @@ async def running_suite(
                 "KAIROS_GRPC_PORT": "0",
                 "KAIROS_HTTP_PORT": "0",
                 "KAIROS_ADMIN_KEY": admin_key,
+                "KAIROS_SECRET_KEY": secrets.token_urlsafe(32),
             }
+            | (env or {})
         )
         ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
         stop = asyncio.Event()
