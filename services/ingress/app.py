@@ -9,12 +9,19 @@ from contextlib import AsyncExitStack
 
 import uvicorn
 
+from kairos.core import messaging
 from kairos.core.feed import KvMirror
 from kairos.core.runtime import Runtime
+from kairos.core.sealing import Sealer
 from kairos.core.tasks import spawn
-from kairos.ingress.endpoint import WebhookEndpoint, build_app
-from kairos.ingress.events import EventServicer
+from kairos.ingress.endpoint import TriggerIndex, WebhookEndpoint, build_app
+from kairos.ingress.events import EventConsumer, EventFirer, EventServicer, EventTypeCatalog
+from kairos.ingress.limits import RateLimiter
+from kairos.ingress.metrics import IngressMetrics
+from kairos.ingress.signatures import SigningKeys
 from kairos.v1 import event_service_pb2_grpc, feed_pb2, trigger_pb2
+
+DELIVERY_MEMORY_S = 24 * 3600.0
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -58,20 +65,53 @@ async def start_http(stack: AsyncExitStack, app, host: str, port: int) -> int:
 
 
 async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
-    webhooks: KvMirror[feed_pb2.WebhookRecord] = KvMirror(runtime.buckets.webhooks, feed_pb2.WebhookRecord)
-    triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(runtime.buckets.triggers, trigger_pb2.Trigger)
-    for mirror in (webhooks, triggers):
+    config = runtime.config
+    sealer = Sealer(config.secret_key) if config.secret_key else None
+    signing_keys = SigningKeys(sealer)
+    limiter = RateLimiter(config.webhook_rate_per_s, config.webhook_burst)
+    trigger_index = TriggerIndex()
+
+    def webhook_changed(key: str, _value) -> None:
+        signing_keys.forget(key)
+        limiter.forget(key)
+
+    webhooks: KvMirror[feed_pb2.WebhookRecord] = KvMirror(
+        runtime.buckets.webhooks, feed_pb2.WebhookRecord, on_change=webhook_changed
+    )
+    triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(
+        runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_index.on_change
+    )
+    deliveries = await messaging.ensure_key_value(
+        runtime.js, messaging.WEBHOOK_DELIVERIES_BUCKET, ttl=DELIVERY_MEMORY_S, direct=True
+    )
+    catalog = EventTypeCatalog(await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET))
+    for mirror in (webhooks, triggers, catalog.mirror):
         await mirror.start()
         stack.push_async_callback(mirror.stop)
 
     runtime.extras["ingress.webhooks"] = webhooks
     runtime.extras["ingress.triggers"] = triggers
-    endpoint = WebhookEndpoint(runtime.js, webhooks, triggers)
-    app = build_app(endpoint, lambda: runtime.nats.is_connected)
-    config = runtime.config
+    metrics = IngressMetrics()
+    endpoint = WebhookEndpoint(
+        runtime.nats,
+        runtime.js,
+        webhooks,
+        triggers,
+        deliveries,
+        signing_keys=signing_keys,
+        limiter=limiter,
+        metrics=metrics,
+        trigger_index=trigger_index,
+        tolerance_s=config.webhook_tolerance_s,
+    )
+    app = build_app(endpoint, metrics, lambda: runtime.nats.is_connected)
     port = await start_http(stack, app, config.http_host, config.http_port)
     base = config.public_url or f"http://{config.http_host}:{port}"
     runtime.endpoints["webhooks"] = f"{base}/hooks/"
 
-    event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(runtime.js, triggers), runtime.grpc.server)
+    firer = EventFirer(runtime.js, triggers, catalog)
+    consumer = EventConsumer(runtime.js, firer)
+    await consumer.start()
+    stack.push_async_callback(consumer.stop)
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(firer), runtime.grpc.server)
     runtime.grpc.add("kairos.v1.EventService")

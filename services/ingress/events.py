@@ -1,19 +1,35 @@
-"""EventService: platform events fire every matching event trigger of the workspace, each exactly once."""
+"""Platform events: every active event trigger of the workspace whose event type and filter match fires once.
+
+Events arrive two ways: `EventService.PublishEvent` (gRPC) and NATS messages on
+`kairos.events.<workspace>.<event_type>` (stream KAIROS_EVENTS), read by one durable consumer that all ingress
+replicas share. The fire id is `<trigger>@event:<event id>`, so a repeated event fires nothing new. The event
+types a workspace uses are recorded (KV `kairos_event_types`) for ListEventTypes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+import nats.errors
+import orjson
+import structlog
 from google.protobuf import json_format
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from kairos.core import messaging
 from kairos.core.auth import workspace_for
 from kairos.core.errors import invalid_argument, unavailable
 from kairos.core.feed import KvMirror
 from kairos.core.names import new_id
+from kairos.core.tasks import spawn
 from kairos.ingress.endpoint import lookup_path
 from kairos.v1 import event_service_pb2, event_service_pb2_grpc, fire_pb2, run_pb2, trigger_pb2
+
+log = structlog.get_logger(__name__)
 
 BUILTIN_EVENT_TYPES = {
     "thread.created": "A conversation thread was created.",
@@ -24,6 +40,13 @@ BUILTIN_EVENT_TYPES = {
     "run.failed": "A run of an agent failed.",
 }
 MAX_EVENT_BYTES = 1 << 20
+MAX_EVENT_TYPE_CHARS = 200
+EVENTS_CONSUMER = "kairos-ingress-events"
+FETCH_BATCH = 64
+FETCH_WAIT_S = 1.0
+RETRY_DELAY_S = 1.0
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 def condition_holds(condition: trigger_pb2.FieldCondition, data: Any) -> bool:
@@ -48,24 +71,52 @@ def matches(trigger: trigger_pb2.Trigger, workspace: str, event_type: str, data:
     )
 
 
-class EventServicer(event_service_pb2_grpc.EventServiceServicer):
-    def __init__(self, js: JetStreamContext, triggers: KvMirror[trigger_pb2.Trigger]) -> None:
-        self._js = js
-        self._triggers = triggers
+class EventTypeCatalog:
+    """The event types each workspace has used, mirrored from KV (`<workspace>.<hex of the type>`)."""
 
-    async def PublishEvent(self, request, context):
-        workspace = workspace_for(request.parent)
-        if not request.event_type or len(request.event_type) > 200:
-            raise invalid_argument("INVALID_EVENT_TYPE", "event_type", "must be 1 to 200 characters")
-        if request.data.ByteSize() > MAX_EVENT_BYTES:
-            raise invalid_argument("EVENT_TOO_LARGE", "data", f"must be at most {MAX_EVENT_BYTES} bytes")
-        if len(request.event_id) > 200:
-            raise invalid_argument("INVALID_EVENT_ID", "event_id", "must be at most 200 characters")
-        event_id = request.event_id or new_id("evt")
-        data = json_format.MessageToDict(request.data)
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._used: dict[str, set[str]] = {}
+        self.mirror: KvMirror[event_service_pb2.EventType] = KvMirror(
+            kv, event_service_pb2.EventType, on_change=self._on_change
+        )
+
+    @staticmethod
+    def key(workspace: str, event_type: str) -> str:
+        return f"{workspace}.{event_type.encode().hex()}"
+
+    def _on_change(self, key: str, value: event_service_pb2.EventType | None) -> None:
+        workspace, _, encoded = key.partition(".")
+        used = self._used.setdefault(workspace, set())
+        event_type = bytes.fromhex(encoded).decode()
+        if value is None:
+            used.discard(event_type)
+        else:
+            used.add(event_type)
+
+    async def record(self, workspace: str, event_type: str) -> None:
+        if event_type not in self._used.get(workspace, ()):
+            key = self.key(workspace, event_type)
+            await self._kv.put(key, event_service_pb2.EventType(type=event_type).SerializeToString())
+
+    def used_by(self, workspace: str) -> set[str]:
+        return set(self._used.get(workspace, ()))
+
+
+class EventFirer:
+    """Fires the matching triggers of one event; raises when JetStream does not take a fire."""
+
+    def __init__(
+        self, js: JetStreamContext, triggers: KvMirror[trigger_pb2.Trigger], catalog: EventTypeCatalog
+    ) -> None:
+        self._js = js
+        self.triggers = triggers
+        self.catalog = catalog
+
+    async def fire(self, workspace: str, event_type: str, event_id: str, data: Any) -> list[str]:
         fire_ids = []
-        for trigger in self._triggers.values():
-            if not matches(trigger, workspace, request.event_type, data):
+        for trigger in self.triggers.values():
+            if not matches(trigger, workspace, event_type, data):
                 continue
             fire = fire_pb2.FireRequest(
                 fire_id=f"{trigger.name}@event:{event_id}",
@@ -73,32 +124,128 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
                 trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_EVENT,
                 action=trigger.action,
                 policies=trigger.policies,
-                event_type=request.event_type,
+                event_type=event_type,
                 trigger_revision=trigger.revision,
             )
             fire.fire_time.GetCurrentTime()
-            json_format.ParseDict({"trigger": request.event_type, "payload": data}, fire.payload)
+            json_format.ParseDict({"trigger": event_type, "payload": data}, fire.payload)
             trigger_id = trigger.name.rsplit("/", 1)[1]
-            try:
-                await messaging.publish_fire(
-                    self._js,
-                    messaging.fire_subject(workspace, trigger_id),
-                    fire.SerializeToString(),
-                    fire.fire_id,
-                )
-            except Exception as error:
-                raise unavailable("EVENT_NOT_ACCEPTED", f"the event could not be queued, retry: {error}") from error
+            await messaging.publish_fire(
+                self._js, messaging.fire_subject(workspace, trigger_id), fire.SerializeToString(), fire.fire_id
+            )
             fire_ids.append(fire.fire_id)
+        await self.catalog.record(workspace, event_type)
+        return fire_ids
+
+
+class EventConsumer:
+    """Reads `kairos.events.>` with a durable pull consumer shared by all ingress replicas; each event is
+    acknowledged once all its fires are stored, and redelivered after a delay when one is not."""
+
+    def __init__(self, js: JetStreamContext, firer: EventFirer) -> None:
+        self._js = js
+        self._firer = firer
+        self._task: asyncio.Task | None = None
+        self._subscription = None
+
+    async def start(self) -> None:
+        subscription = await self._js.pull_subscribe(
+            messaging.EVENTS_SUBJECTS,
+            durable=EVENTS_CONSUMER,
+            stream=messaging.EVENTS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW, ack_wait=30, max_ack_pending=1000
+            ),
+        )
+        self._subscription = subscription
+        self._task = spawn(self._consume(subscription), "ingress-events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._subscription is not None:
+            # Unsubscribed here, so draining the connection does not wait on an interrupted fetch.
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+
+    async def _consume(self, subscription) -> None:
+        while True:
+            try:
+                messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as error:
+                log.warning("platform events unreadable; retrying", error=str(error))
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            for message in messages:
+                await self._handle(message)
+
+    async def _handle(self, message) -> None:
+        tokens = message.subject.split(".")
+        workspace, event_type = tokens[2] if len(tokens) > 3 else "", ".".join(tokens[3:])
+        try:
+            data = orjson.loads(message.data) if message.data else {}
+        except orjson.JSONDecodeError:
+            log.warning("platform event dropped: the payload is not JSON", subject=message.subject)
+            await message.term()
+            return
+        if not workspace or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS:
+            log.warning("platform event dropped: no workspace or event type", subject=message.subject)
+            await message.term()
+            return
+        headers = message.headers or {}
+        event_id = headers.get(messaging.MSG_ID_HEADER) or f"seq{message.metadata.sequence.stream}"
+        try:
+            await self._firer.fire(workspace, event_type, event_id[:200], data)
+        except Exception as error:
+            log.warning("platform event not fired; redelivering", subject=message.subject, error=str(error))
+            with contextlib.suppress(Exception):
+                await message.nak(delay=RETRY_DELAY_S)
+            return
+        await message.ack()
+
+
+class EventServicer(event_service_pb2_grpc.EventServiceServicer):
+    def __init__(self, firer: EventFirer) -> None:
+        self._firer = firer
+
+    async def PublishEvent(self, request, context):
+        workspace = workspace_for(request.parent)
+        if not request.event_type or len(request.event_type) > MAX_EVENT_TYPE_CHARS:
+            raise invalid_argument("INVALID_EVENT_TYPE", "event_type", "must be 1 to 200 characters")
+        if request.data.ByteSize() > MAX_EVENT_BYTES:
+            raise invalid_argument("EVENT_TOO_LARGE", "data", f"must be at most {MAX_EVENT_BYTES} bytes")
+        if len(request.event_id) > 200:
+            raise invalid_argument("INVALID_EVENT_ID", "event_id", "must be at most 200 characters")
+        event_id = request.event_id or new_id("evt")
+        data = json_format.MessageToDict(request.data)
+        try:
+            fire_ids = await self._firer.fire(workspace, request.event_type, event_id, data)
+        except Exception as error:
+            raise unavailable("EVENT_NOT_ACCEPTED", f"the event could not be queued, retry: {error}") from error
         return event_service_pb2.PublishEventResponse(event_id=event_id, fire_ids=fire_ids)
 
     async def ListEventTypes(self, request, context):
         workspace = workspace_for(request.parent)
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise invalid_argument("INVALID_PAGE_SIZE", "page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        size = request.page_size or DEFAULT_PAGE_SIZE
         catalog = {event_type: (description, True) for event_type, description in BUILTIN_EVENT_TYPES.items()}
-        for trigger in self._triggers.values():
+        for event_type in self._firer.catalog.used_by(workspace):
+            catalog.setdefault(event_type, ("", False))
+        for trigger in self._firer.triggers.values():
             if trigger.source.HasField("event") and trigger.name.startswith(f"workspaces/{workspace}/"):
                 catalog.setdefault(trigger.source.event.event_type, ("", False))
+        ordered = [event_type for event_type in sorted(catalog) if event_type > request.page_token]
+        page = ordered[:size]
         types = [
-            event_service_pb2.EventType(type=event_type, description=description, builtin=builtin)
-            for event_type, (description, builtin) in sorted(catalog.items())
+            event_service_pb2.EventType(
+                type=event_type, description=catalog[event_type][0], builtin=catalog[event_type][1]
+            )
+            for event_type in page
         ]
-        return event_service_pb2.ListEventTypesResponse(event_types=types)
+        next_token = page[-1] if len(ordered) > size else ""
+        return event_service_pb2.ListEventTypesResponse(event_types=types, next_page_token=next_token)

@@ -38,6 +38,7 @@ PYPROJECT = ROOT / "pyproject.toml"
 KAIROS_SERVICES = ("registry", "scheduler", "ingress", "executor")
 INFRA_SERVICES = ("nats", "postgres")
 SHARED_ANCHOR = "x-kairos-service"
+NATS_CONFIG_TARGET = "/etc/nats/nats-server.conf"
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -194,8 +195,27 @@ def test_infra_healthchecks() -> None:
         "-qO-",
         "http://localhost:8222/healthz?js-enabled-only=true",
     ]
-    assert services["nats"]["command"] == ["-js", "-sd", "/data", "-m", "8222"]
+    assert services["nats"]["command"] == ["-c", NATS_CONFIG_TARGET, "-js", "-sd", "/data", "-m", "8222"]
     assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+
+
+def test_nats_config_is_mounted_and_allows_large_payloads() -> None:
+    from kairos.core.natsserver import MAX_PAYLOAD_BYTES, find_nats_server_binary
+
+    mounts = [str(volume).split(":") for volume in _services()["nats"].get("volumes", [])]
+    sources = [source for source, target, *mode in mounts if target == NATS_CONFIG_TARGET and mode == ["ro"]]
+    assert len(sources) == 1, f"nats: mount a config file read-only at {NATS_CONFIG_TARGET}, got {mounts}"
+    config = (COMPOSE_FILE.parent / sources[0]).resolve()
+    assert config.is_file(), f"nats config {config} missing"
+    settings = dict(
+        line.split(":", 1) for line in config.read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
+    max_payload = int(settings["max_payload"].strip())
+    assert max_payload >= MAX_PAYLOAD_BYTES > 1 << 20, f"max_payload {max_payload} does not fit a 1 MiB body"
+    checked = subprocess.run(
+        [str(find_nats_server_binary()), "-c", str(config), "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, f"nats-server refuses {config}: {checked.stdout}{checked.stderr}"
 
 
 class _HealthzHandler(BaseHTTPRequestHandler):

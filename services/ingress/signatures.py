@@ -1,0 +1,115 @@
+"""Standard Webhooks verification (https://www.standardwebhooks.com): `webhook-signature` carries one or more
+space-separated `v1,<base64 HMAC-SHA256>` of `<webhook-id>.<webhook-timestamp>.<body>`; any one of them
+matching any current signing key of the webhook is enough, so senders can rotate keys without downtime.
+Signing keys arrive sealed in the change feed and are opened once per credential, then cached."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from kairos.core.sealing import Sealer, SealingError
+from kairos.v1 import feed_pb2
+
+DEFAULT_TOLERANCE_S = 300
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+MAX_SIGNATURES = 10
+
+
+class SignatureError(Exception):
+    """A request whose signature headers are missing, stale or do not match; `error` is the JSON code."""
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+
+
+def signed_headers(headers: Mapping[str, str], now_seconds: float, tolerance_s: float) -> tuple[str, str, str]:
+    """The (id, timestamp, signature) headers, checked for presence and freshness before the body is read."""
+    values = [headers.get(name, "") for name in SIGNATURE_HEADERS]
+    missing = [name for name, value in zip(SIGNATURE_HEADERS, values, strict=True) if not value]
+    if missing:
+        raise SignatureError("missing_signature_headers", f"send the Standard Webhooks headers {', '.join(missing)}")
+    message_id, timestamp, signature = values
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise SignatureError("invalid_timestamp", "webhook-timestamp must be whole seconds since the Unix epoch")
+    if abs(now_seconds - int(timestamp)) > tolerance_s:
+        raise SignatureError(
+            "stale_timestamp", f"webhook-timestamp is more than {tolerance_s:g} seconds away from the current time"
+        )
+    return message_id, timestamp, signature
+
+
+def presented_signatures(header: str) -> list[bytes]:
+    """The decoded `v1` signatures of a `webhook-signature` header (other versions are ignored)."""
+    signatures = []
+    for item in header.split(" ")[:MAX_SIGNATURES]:
+        version, _, encoded = item.partition(",")
+        if version != "v1" or not encoded:
+            continue
+        try:
+            signatures.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return signatures
+
+
+def verify(keys: list[bytes], message_id: str, timestamp: str, body: bytes, signature_header: str) -> None:
+    """Raises SignatureError unless one presented signature is the HMAC of the message under one of `keys`."""
+    presented = presented_signatures(signature_header)
+    if not presented:
+        raise SignatureError("invalid_signature", "webhook-signature holds no v1,<base64> signature")
+    signed = b"%s.%s.%s" % (message_id.encode(), timestamp.encode(), body)
+    valid = False
+    for key in keys:
+        expected = hmac.new(key, signed, hashlib.sha256).digest()
+        for candidate in presented:
+            valid |= hmac.compare_digest(expected, candidate)
+    if not valid:
+        raise SignatureError("invalid_signature", "no webhook-signature matches this webhook's signing secret")
+
+
+class SigningKeys:
+    """Opens the sealed signing keys of webhook records once per credential; later requests use the cache.
+    `forget(webhook_id)` drops a webhook's keys when its record changes or goes."""
+
+    def __init__(self, sealer: Sealer | None) -> None:
+        self._sealer = sealer
+        self._opened: dict[str, dict[str, tuple[bytes, bytes]]] = {}
+
+    def current(self, webhook_id: str, record: feed_pb2.WebhookRecord, now_seconds: float) -> list[bytes]:
+        """The unexpired signing keys of `record`; keys that do not open are skipped (and never cached)."""
+        opened = self._opened.setdefault(webhook_id, {})
+        keys = []
+        for credential in record.credentials:
+            if not credential.sealed_signing_key:
+                continue
+            if credential.HasField("expire_time") and credential.expire_time.seconds <= now_seconds:
+                continue
+            cached = opened.get(credential.id)
+            if cached is not None and cached[0] == credential.sealed_signing_key:
+                keys.append(cached[1])
+                continue
+            key = self._open(record.webhook.name, credential.sealed_signing_key)
+            if key is not None:
+                opened[credential.id] = (credential.sealed_signing_key, key)
+                keys.append(key)
+        return keys
+
+    def forget(self, webhook_id: str) -> None:
+        self._opened.pop(webhook_id, None)
+
+    def opened_count(self) -> int:
+        return sum(len(opened) for opened in self._opened.values())
+
+    def _open(self, webhook_name: str, sealed: bytes) -> bytes | None:
+        if self._sealer is None:
+            return None
+        try:
+            return self._sealer.open(sealed, webhook_name)
+        except SealingError:
+            return None

@@ -1,0 +1,267 @@
+"""Webhook ingress throughput: Standard Webhooks (HMAC) requests accepted per second by ONE ingress process
+(`python -m kairos.ingress`, its own nats-server, the change feed seeded directly), side by side in the same run
+with a bare "return 202" Starlette app on the same uvicorn settings in a second process, driven by the same
+raw-HTTP keep-alive client with bounded concurrency from this process. Also: forged requests refused per second,
+and the CPU time each server process spent per request.
+
+`python -m tests.benchmarks.bench_ingress bare <port>` serves the bare app (used by the benchmark itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import uvloop
+
+from kairos.client.builders import action
+from kairos.core import messaging
+from kairos.core.names import new_id
+from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.core.sealing import Sealer
+from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
+
+FIGURES = (
+    "ingress.accepted_per_s",
+    "ingress.accepted_p50_ms",
+    "ingress.accepted_p99_ms",
+    "ingress.bare_per_s",
+    "ingress.accepted_per_s.vs.bare",
+    "ingress.rejected_per_s",
+    "ingress.accepted_cpu_us",
+    "ingress.bare_cpu_us",
+)
+ACCEPTED = 15_000
+BARE = 15_000
+REJECTED = 10_000
+WARM_UP = 1_000
+CONNECTIONS = 64
+WORKSPACE = "bench"
+BODY = b'{"type": "invoice.paid", "data": {"invoice": "in_123", "amount": 4200, "currency": "eur"}}'
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bare_app():
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    accepted = b'{"event_id": "evt_0", "status": "accepted"}'
+
+    async def hook(request):
+        await request.body()
+        return Response(accepted, 202, media_type="application/json")
+
+    return Starlette(routes=[Route("/hooks/{webhook_id}", hook, methods=["POST"])])
+
+
+def serve_bare(port: int) -> None:
+    """The bare handler, on the uvicorn settings the ingress uses (kairos.ingress.app.start_http)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        bare_app(),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        loop=os.environ.get("BENCH_LOOP", "auto"),
+    )
+    uvicorn.Server(config).run()
+
+
+def request_bytes(port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def signed_requests(port: int, webhook_id: str, key: bytes, count: int, *, forged: bool = False) -> list[bytes]:
+    timestamp = str(int(time.time()))
+    requests = []
+    for index in range(count):
+        message_id = f"msg_{secrets.token_hex(8)}_{index}"
+        mac = hmac.new(key, f"{message_id}.{timestamp}.".encode() + BODY, hashlib.sha256).digest()
+        if forged:
+            mac = bytes(32)
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+        }
+        requests.append(request_bytes(port, f"/hooks/{webhook_id}", headers, BODY))
+    return requests
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(port: int, requests: list[bytes], expected: int) -> tuple[float, list[float]]:
+    """`drive_here` on a uvloop event loop of its own (in a thread), so the client spends little CPU per request."""
+    return await asyncio.to_thread(uvloop.run, drive_here(port, requests, expected))
+
+
+async def drive_here(port: int, requests: list[bytes], expected: int) -> tuple[float, list[float]]:
+    """Sends `requests` over CONNECTIONS keep-alive connections; returns (requests/s, latencies in s)."""
+    queue = iter(requests)
+    latencies: list[float] = []
+    unexpected: list[int] = []
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for request in queue:
+                started = time.perf_counter()
+                writer.write(request)
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                if status != expected:
+                    unexpected.append(status)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    elapsed = time.perf_counter() - started
+    if unexpected:
+        raise RuntimeError(f"{len(unexpected)} answers were not {expected}: e.g. {unexpected[:5]}")
+    return len(requests) / elapsed, latencies
+
+
+async def wait_http(url: str, process: asyncio.subprocess.Process, method: str = "GET") -> None:
+    async with httpx.AsyncClient(timeout=1) as http, asyncio.timeout(60):
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(f"{url}: the server exited with {process.returncode}")
+            try:
+                response = await http.request(method, url)
+                if response.status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def seed(nats_url: str, secret_key: str) -> tuple[str, bytes]:
+    """A webhook trigger and a Standard Webhooks webhook in the change feed, as the registry publishes them."""
+    nc = await messaging.connect(nats_url, "bench-seed")
+    try:
+        buckets = await messaging.ensure_all(nc.jetstream())
+        trigger_id, webhook_id = new_id("t"), new_id("wh")
+        webhook_name = f"workspaces/{WORKSPACE}/webhooks/{webhook_id}"
+        trigger = trigger_pb2.Trigger(
+            name=f"workspaces/{WORKSPACE}/triggers/{trigger_id}",
+            source=trigger_pb2.TriggerSource(webhook=trigger_pb2.WebhookSource(webhooks=[webhook_name])),
+            action=action(prompt="bench"),
+            state=trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE,
+            revision=1,
+        )
+        key = os.urandom(32)
+        record = feed_pb2.WebhookRecord(
+            webhook=webhook_pb2.Webhook(
+                name=webhook_name,
+                trigger=trigger.name,
+                auth_mode=webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS,
+                rate_limit=webhook_pb2.RateLimit(requests_per_second=1e9, burst=1_000_000_000),
+            ),
+            revision=1,
+        )
+        record.credentials.add(id=new_id("sec"), sealed_signing_key=Sealer(secret_key).seal(key, webhook_name))
+        await buckets.triggers.put(f"{WORKSPACE}.{trigger_id}", trigger.SerializeToString())
+        await buckets.webhooks.put(webhook_id, record.SerializeToString())
+        return webhook_id, key
+    finally:
+        await nc.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux): per-request CPU is steadier than rates on a busy
+    machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return statistics.quantiles(values, n=1000)[round(fraction * 1000) - 1]
+
+
+async def run(report) -> None:
+    secret_key = secrets.token_urlsafe(40)
+    with tempfile.TemporaryDirectory() as scratch:
+        async with EmbeddedNatsServer(Path(scratch) / "nats") as nats_server:
+            webhook_id, key = await seed(nats_server.url, secret_key)
+            ingress_port, bare_port = free_port(), free_port()
+            env = os.environ | {
+                "KAIROS_NATS_URL": nats_server.url,
+                "KAIROS_HTTP_PORT": str(ingress_port),
+                "KAIROS_GRPC_PORT": str(free_port()),
+                "KAIROS_SECRET_KEY": secret_key,
+                "KAIROS_LOG_LEVEL": "warning",
+            }
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT}
+            ingress = await asyncio.create_subprocess_exec(sys.executable, "-m", "kairos.ingress", env=env, **quiet)
+            bare = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.benchmarks.bench_ingress", "bare", str(bare_port), **quiet
+            )
+            try:
+                await wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress)
+                await wait_http(f"http://127.0.0.1:{bare_port}/hooks/x", bare, "POST")
+                warm_up = signed_requests(ingress_port, webhook_id, key, WARM_UP)
+                await drive(ingress_port, warm_up, 202)
+                await drive(bare_port, [request_bytes(bare_port, "/hooks/x", {}, BODY)] * WARM_UP, 202)
+
+                accepted_requests = signed_requests(ingress_port, webhook_id, key, ACCEPTED)
+                cpu_before = cpu_seconds(ingress.pid)
+                accepted_rate, latencies = await drive(ingress_port, accepted_requests, 202)
+                accepted_cpu = (cpu_seconds(ingress.pid) - cpu_before) / ACCEPTED
+                cpu_before = cpu_seconds(bare.pid)
+                bare_rate, _ = await drive(bare_port, [request_bytes(bare_port, "/hooks/x", {}, BODY)] * BARE, 202)
+                bare_cpu = (cpu_seconds(bare.pid) - cpu_before) / BARE
+                forged = signed_requests(ingress_port, webhook_id, key, REJECTED, forged=True)
+                rejected_rate, _ = await drive(ingress_port, forged, 401)
+            finally:
+                for process in (ingress, bare):
+                    process.terminate()
+                for process in (ingress, bare):
+                    try:
+                        await asyncio.wait_for(process.wait(), 15)
+                    except TimeoutError:
+                        process.kill()
+                        await process.wait()
+            report("ingress.accepted_per_s", accepted_rate, "req/s")
+            report("ingress.accepted_p50_ms", percentile(latencies, 0.5) * 1000, "ms")
+            report("ingress.accepted_p99_ms", percentile(latencies, 0.99) * 1000, "ms")
+            report("ingress.bare_per_s", bare_rate, "req/s")
+            report("ingress.accepted_per_s.vs.bare", accepted_rate / bare_rate, "x")
+            report("ingress.rejected_per_s", rejected_rate, "req/s")
+            report("ingress.accepted_cpu_us", accepted_cpu * 1e6, "us/req")
+            report("ingress.bare_cpu_us", bare_cpu * 1e6, "us/req")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["bare"]:
+    serve_bare(int(sys.argv[2]))

@@ -1,0 +1,390 @@
+"""The ingress alone on its own nats-server, its change feed seeded directly (as the registry would publish it):
+Standard Webhooks signatures made by the reference library, 24-hour de-duplication, rate limits, the
+`/triggers/{id}/webhook` alias, Prometheus metrics, and what happens when NATS goes away.
+
+Fires are observed on NATS itself: a plain subscription on `kairos.fire.<workspace>.>` sees every publish,
+including one JetStream would drop as a duplicate, so "nothing published" is observable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from google.protobuf import json_format
+from standardwebhooks.webhooks import Webhook
+
+from kairos.client.builders import action
+from kairos.core import messaging
+from kairos.core import secrets as kairos_secrets
+from kairos.core.config import ServiceConfig
+from kairos.core.names import new_id
+from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.core.runtime import Runtime, run_services
+from kairos.core.sealing import Sealer
+from kairos.ingress.endpoint import delivery_key
+from kairos.v1 import feed_pb2, fire_pb2, run_pb2, trigger_pb2, webhook_pb2
+
+WAIT_S = 10.0
+SECRET_KEY = secrets.token_urlsafe(40)
+Mode = webhook_pb2.WebhookAuthMode
+
+
+@dataclass
+class Fires:
+    """Every FireRequest published for one workspace, as NATS delivers them."""
+
+    received: list[fire_pb2.FireRequest] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_message(self, message) -> None:
+        self.received.append(fire_pb2.FireRequest.FromString(message.data))
+        self.changed.set()
+
+    async def wait_for(self, fire_id: str) -> fire_pb2.FireRequest:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                for fire in self.received:
+                    if fire.fire_id == fire_id:
+                        return fire
+                self.changed.clear()
+                await self.changed.wait()
+
+    def ids(self) -> list[str]:
+        return [fire.fire_id for fire in self.received]
+
+    @classmethod
+    @asynccontextmanager
+    async def of(cls, nc, workspace: str) -> AsyncIterator[Fires]:
+        fires = cls()
+        subscription = await nc.subscribe(f"{messaging.FIRE_SUBJECT_PREFIX}.{workspace}.>", cb=fires.on_message)
+        await nc.flush()
+        try:
+            yield fires
+        finally:
+            await subscription.unsubscribe()
+
+
+@dataclass
+class Ingress:
+    runtime: Runtime
+    nats: EmbeddedNatsServer
+    http: httpx.AsyncClient
+    sealer: Sealer = field(default_factory=lambda: Sealer(SECRET_KEY))
+
+    @property
+    def base(self) -> str:
+        return self.runtime.endpoints["webhooks"].removesuffix("/hooks/")
+
+    async def add_trigger(self, workspace: str, state=trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE):
+        trigger_id = new_id("t")
+        trigger = trigger_pb2.Trigger(
+            name=f"workspaces/{workspace}/triggers/{trigger_id}",
+            source=trigger_pb2.TriggerSource(webhook=trigger_pb2.WebhookSource()),
+            action=action(prompt="seeded"),
+            state=state,
+            revision=1,
+        )
+        await self.put_trigger(trigger)
+        return trigger
+
+    async def put_trigger(self, trigger: trigger_pb2.Trigger) -> None:
+        workspace, trigger_id = trigger.name.split("/")[1], trigger.name.split("/")[3]
+        await self.runtime.buckets.triggers.put(f"{workspace}.{trigger_id}", trigger.SerializeToString())
+
+    async def add_webhook(self, trigger: trigger_pb2.Trigger, mode: int, **fields) -> tuple[str, str]:
+        """Seeds a webhook of `trigger`; returns its id and the secret a sender would hold."""
+        webhook_id = new_id("wh")
+        name = f"{trigger.name.split('/triggers/')[0]}/webhooks/{webhook_id}"
+        record = feed_pb2.WebhookRecord(
+            webhook=webhook_pb2.Webhook(name=name, trigger=trigger.name, auth_mode=mode, **fields), revision=1
+        )
+        if mode == Mode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS:
+            raw = os.urandom(32)
+            secret = "whsec_" + base64.b64encode(raw).decode()
+            record.credentials.add(id=new_id("sec"), sealed_signing_key=self.sealer.seal(raw, name))
+        else:
+            secret = kairos_secrets.new_secret("whs")
+            record.credentials.add(id=new_id("sec"), digest=kairos_secrets.digest(secret))
+        await self.runtime.buckets.webhooks.put(webhook_id, record.SerializeToString())
+        trigger.source.webhook.webhooks.append(name)
+        await self.put_trigger(trigger)
+        return webhook_id, secret
+
+    def fires(self, workspace: str):
+        return Fires.of(self.runtime.nats, workspace)
+
+    async def metric(self, line_prefix: str) -> float:
+        text = (await self.http.get(f"{self.base}/metrics")).text
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix)]
+        return sum(values)
+
+
+@pytest.fixture
+async def ingress(tmp_path: Path) -> AsyncIterator[Ingress]:
+    async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
+        config = ServiceConfig.from_env(
+            {
+                "KAIROS_NATS_URL": nats_server.url,
+                "KAIROS_GRPC_PORT": "0",
+                "KAIROS_HTTP_PORT": "0",
+                "KAIROS_SECRET_KEY": SECRET_KEY,
+                "KAIROS_ADMIN_KEY": secrets.token_urlsafe(24),
+                "KAIROS_WEBHOOK_RATE_PER_S": "1000",
+                "KAIROS_WEBHOOK_BURST": "1000",
+            }
+        )
+        ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+
+        async def on_ready(runtime: Runtime) -> None:
+            ready.set_result(runtime)
+
+        task = asyncio.create_task(
+            run_services(("ingress",), config, on_ready=on_ready, stop=stop, handle_signals=False)
+        )
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            task.result()
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                yield Ingress(ready.result(), nats_server, http)
+        finally:
+            stop.set()
+            await task
+
+
+def signed(secret: str, body: bytes, message_id: str, timestamp: int | None = None) -> dict[str, str]:
+    """Standard Webhooks headers made by the reference library."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, UTC), body.decode())
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+def refused(response: httpx.Response, status: int, error: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"] == error and response.json()["message"], response.text
+
+
+async def test_standard_webhooks_signatures(ingress: Ingress) -> None:
+    trigger = await ingress.add_trigger("sw")
+    webhook_id, secret = await ingress.add_webhook(
+        trigger, Mode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS, field_mapping={"data.email": "email"}
+    )
+    url = f"{ingress.base}/hooks/{webhook_id}"
+    body = b'{"type": "invoice.paid", "data": {"email": "ada@example.com", "amount": 12}}'
+    async with ingress.fires("sw") as fires:
+        accepted = await ingress.http.post(url, content=body, headers=signed(secret, body, "msg_1") | {"x-event": "x"})
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json() == {"event_id": "msg_1", "status": "accepted"}
+        fire = await fires.wait_for(f"{trigger.name.split('/triggers/')[0]}/webhooks/{webhook_id}@msg_1")
+        assert fire.event_type == "invoice.paid" and fire.trigger == trigger.name
+        assert json_format.MessageToDict(fire.payload) == {
+            "type": "invoice.paid",
+            "data": {"email": "ada@example.com", "amount": 12},
+        }
+        assert json_format.MessageToDict(fire.input_overrides) == {"email": "ada@example.com"}
+
+        # refusals: each a 401 naming the problem, none a fire
+        good = signed(secret, body, "msg_2")
+        for missing in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+            headers = {k: v for k, v in good.items() if k != missing}
+            refused(await ingress.http.post(url, content=body, headers=headers), 401, "missing_signature_headers")
+        stale = signed(secret, body, "msg_2", int(time.time()) - 301)
+        refused(await ingress.http.post(url, content=body, headers=stale), 401, "stale_timestamp")
+        refused(await ingress.http.post(url, content=body + b" ", headers=good), 401, "invalid_signature")
+        tampered = body.replace(b"invoice.paid", b"invoice.void")
+        refused(await ingress.http.post(url, content=tampered, headers=good), 401, "invalid_signature")
+        _, other_secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS)
+        forged = signed(other_secret, body, "msg_2")
+        refused(await ingress.http.post(url, content=body, headers=forged), 401, "invalid_signature")
+        # any JSON value is a payload; an array has no event type
+        listed = b'[{"type": "invoice.paid"}, 2]'
+        response = await ingress.http.post(url, content=listed, headers=signed(secret, listed, "msg_4"))
+        assert response.status_code == 202, response.text
+        fire = await fires.wait_for(f"{trigger.name.split('/triggers/')[0]}/webhooks/{webhook_id}@msg_4")
+        assert json_format.MessageToDict(fire.payload) == [{"type": "invoice.paid"}, 2] and not fire.event_type
+        # a bearer token is no way into a signed webhook
+        bearer = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
+        refused(await ingress.http.post(url, content=body, headers=bearer), 401, "missing_signature_headers")
+
+        # rotation: the sender signs with old and new keys; the webhook holds only the new one now
+        record = await ingress.runtime.extras["ingress.webhooks"].get(webhook_id)
+        raw = os.urandom(32)
+        new_secret = "whsec_" + base64.b64encode(raw).decode()
+        rotated = feed_pb2.WebhookRecord()
+        rotated.CopyFrom(record)
+        del rotated.credentials[:]
+        rotated.credentials.add(id=new_id("sec"), sealed_signing_key=ingress.sealer.seal(raw, record.webhook.name))
+        await ingress.runtime.buckets.webhooks.put(webhook_id, rotated.SerializeToString())
+        await ingress.runtime.extras["ingress.webhooks"].wait_until(
+            webhook_id, lambda value: value is not None and len(value.credentials) == 1 and value == rotated
+        )
+        headers = signed(secret, body, "msg_3")
+        refused(await ingress.http.post(url, content=body, headers=headers), 401, "invalid_signature")
+        both = f"{headers['webhook-signature']} {signed(new_secret, body, 'msg_3')['webhook-signature']}"
+        accepted = await ingress.http.post(url, content=body, headers=headers | {"webhook-signature": both})
+        assert accepted.status_code == 202, accepted.text
+        await fires.wait_for(f"{record.webhook.name}@msg_3")
+        assert fires.ids() == [f"{record.webhook.name}@{message_id}" for message_id in ("msg_1", "msg_4", "msg_3")]
+
+    assert await ingress.metric('kairos_ingress_verification_failures_total{reason="invalid_signature"}') == 4
+    assert await ingress.metric('kairos_ingress_verification_failures_total{reason="stale_timestamp"}') == 1
+    assert await ingress.metric('kairos_ingress_requests_total{status="202"}') == 3
+    assert await ingress.metric("kairos_ingress_publish_seconds_count") == 3
+
+
+async def test_repeated_deliveries_fire_once(ingress: Ingress) -> None:
+    trigger = await ingress.add_trigger("dedup")
+    webhook_id, secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER)
+    url = f"{ingress.base}/hooks/{webhook_id}"
+    name = f"workspaces/dedup/webhooks/{webhook_id}"
+    auth = {"X-Trigger-Secret": secret}
+    async with ingress.fires("dedup") as fires:
+        first = await ingress.http.post(url, json={"type": "a"}, headers=auth | {"Idempotency-Key": "order-17"})
+        assert first.json() == {"event_id": "order-17", "status": "accepted"}
+        await fires.wait_for(f"{name}@order-17")
+        deliveries = await ingress.runtime.js.key_value(messaging.WEBHOOK_DELIVERIES_BUCKET)
+
+        watcher = await deliveries.watch(delivery_key(webhook_id, "order-17"))
+        async with asyncio.timeout(WAIT_S):
+            async for entry in watcher:
+                if entry is not None and entry.value == b"order-17":
+                    break
+        await watcher.stop()
+        # the retry (even with another body) is answered with the original event id and not published at all:
+        # a later, distinct delivery arrives on the subscription with no copy of the first before it
+        again = await ingress.http.post(url, json={"type": "b"}, headers=auth | {"Idempotency-Key": "order-17"})
+        assert again.status_code == 202 and again.json() == {"event_id": "order-17", "status": "accepted"}
+        later = await ingress.http.post(url, json={"type": "c"}, headers=auth | {"webhook-id": "order-18"})
+        assert later.status_code == 202
+        await fires.wait_for(f"{name}@order-18")
+        assert fires.ids() == [f"{name}@order-17", f"{name}@order-18"]
+        # the bucket forgets after 24 hours
+        status = await deliveries.status()
+        assert status.ttl == pytest.approx(24 * 3600)
+    assert await ingress.metric("kairos_ingress_deduplicated_total") == 1
+
+
+async def test_rate_limit_and_trigger_alias(ingress: Ingress) -> None:
+    trigger = await ingress.add_trigger("busy")
+    limited = webhook_pb2.RateLimit(requests_per_second=0.01, burst=2)
+    webhook_id, secret = await ingress.add_webhook(
+        trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER, rate_limit=limited
+    )
+    url = f"{ingress.base}/hooks/{webhook_id}"
+    auth = {"X-Trigger-Secret": secret}
+    # forged requests do not use up the sender's allowance
+    for _ in range(5):
+        refused(await ingress.http.post(url, json={}, headers={"X-Trigger-Secret": "nope"}), 401, "invalid_credentials")
+    assert [(await ingress.http.post(url, json={}, headers=auth)).status_code for _ in range(2)] == [202, 202]
+    limited_response = await ingress.http.post(url, json={}, headers=auth)
+    refused(limited_response, 429, "rate_limited")
+    assert int(limited_response.headers["retry-after"]) >= 1
+
+    # the alias finds the trigger's X-Trigger-Secret webhook by its secret
+    other_id, other_secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER)
+    trigger_id = trigger.name.rsplit("/", 1)[1]
+    await ingress.runtime.extras["ingress.triggers"].wait_until(
+        f"busy.{trigger_id}", lambda value: value is not None and len(value.source.webhook.webhooks) == 2
+    )
+    alias = f"{ingress.base}/triggers/{trigger_id}/webhook"
+    async with ingress.fires("busy") as fires:
+        accepted = await ingress.http.post(alias, json={"type": "x"}, headers={"X-Trigger-Secret": other_secret})
+        assert accepted.status_code == 202, accepted.text
+        fire = await fires.wait_for(f"workspaces/busy/webhooks/{other_id}@{accepted.json()['event_id']}")
+        assert fire.webhook == f"workspaces/busy/webhooks/{other_id}"
+    refused(await ingress.http.post(alias, json={}, headers=auth), 429, "rate_limited")
+    refused(await ingress.http.post(alias, json={}, headers={"X-Trigger-Secret": "nope"}), 401, "invalid_credentials")
+    refused(await ingress.http.post(alias, json={}), 401, "missing_credentials")
+    for unknown in (new_id("t"), "NOT-AN-ID"):
+        response = await ingress.http.post(f"{ingress.base}/triggers/{unknown}/webhook", json={}, headers=auth)
+        refused(response, 404, "trigger_not_found")
+    assert await ingress.metric('kairos_ingress_requests_total{status="429"}') == 2
+
+
+async def test_nats_outage_is_503_and_not_ready(ingress: Ingress) -> None:
+    trigger = await ingress.add_trigger("outage")
+    webhook_id, secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER)
+    await ingress.runtime.extras["ingress.webhooks"].wait_until(webhook_id, lambda value: value is not None)
+    url = f"{ingress.base}/hooks/{webhook_id}"
+    ready = await ingress.http.get(f"{ingress.base}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+    await ingress.nats.stop()
+    async with asyncio.timeout(WAIT_S):
+        await ingress.runtime.nats_lost.wait()
+    not_ready = await ingress.http.get(f"{ingress.base}/readyz")
+    assert not_ready.status_code == 503, not_ready.text
+    assert (await ingress.http.get(f"{ingress.base}/healthz")).status_code == 200
+    response = await ingress.http.post(url, json={"type": "x"}, headers={"X-Trigger-Secret": secret})
+    refused(response, 503, "unavailable")
+    assert response.headers["retry-after"] == "5"
+    unknown = await ingress.http.post(
+        f"{ingress.base}/hooks/{new_id('wh')}", json={}, headers={"X-Trigger-Secret": secret}
+    )
+    refused(unknown, 503, "unavailable")
+
+
+async def test_signing_secret_from_the_registry_end_to_end(suite) -> None:
+    """A `whsec_` secret issued by the registry verifies, and a retried delivery is one run."""
+    from kairos.client import webhook_trigger
+    from kairos.v1 import run_service_pb2, trigger_service_pb2, webhook_service_pb2
+
+    key = await suite.new_workspace("signed")
+    async with suite.client(key) as kairos, httpx.AsyncClient(timeout=10) as http:
+        trigger = (
+            await kairos.triggers.CreateTrigger(trigger_service_pb2.CreateTriggerRequest(trigger=webhook_trigger()))
+        ).trigger
+        created = await kairos.webhooks.CreateWebhook(
+            webhook_service_pb2.CreateWebhookRequest(
+                webhook=webhook_pb2.Webhook(trigger=trigger.name, auth_mode=Mode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS)
+            )
+        )
+        assert created.secret.startswith("whsec_")
+        url = suite.webhooks_url + created.webhook.name.rsplit("/", 1)[1]
+        body = b'{"type": "charge.succeeded", "id": "ch_1"}'
+        tracer = await nats.connect(suite.nats.url)
+        traces = await tracer.subscribe("kairos.trace.signed.>")
+        # an immediate retry races the delivery record; JetStream's de-duplication by fire id still stores one
+        for _ in range(2):
+            response = await http.post(url, content=body, headers=signed(created.secret, body, "msg_a"))
+            assert response.status_code == 202 and response.json()["event_id"] == "msg_a", response.text
+        forged = signed("whsec_" + "A" * 44, body, "msg_b")
+        refused(await http.post(url, content=body, headers=forged), 401, "invalid_signature")
+        response = await http.post(url, content=body, headers=signed(created.secret, body, "msg_c"))
+        assert response.status_code == 202
+
+        expected = {f"{created.webhook.name}@msg_a", f"{created.webhook.name}@msg_c"}
+        completed: set[str] = set()
+        async with asyncio.timeout(WAIT_S):
+            async for message in traces.messages:
+                event = run_pb2.TraceEvent.FromString(message.data)
+                if event.type == "run.completed":
+                    completed.add(event.fire_id)
+                if completed >= expected:
+                    break
+        await tracer.close()
+        runs = (await kairos.runs.ListRuns(run_service_pb2.ListRunsRequest(parent=trigger.name))).runs
+        assert sorted(run.fire_id for run in runs) == sorted(expected)
+        assert {run.status for run in runs} == {run_pb2.RunStatus.RUN_STATUS_COMPLETED}
+        subject = messaging.fire_subject("signed", trigger.name.rsplit("/", 1)[1])
+        stream = await suite.runtime.js.stream_info(messaging.FIRES_STREAM, subjects_filter=subject)
+        assert stream.state.subjects == {subject: 2}
