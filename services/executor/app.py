@@ -1,4 +1,4 @@
-"""Composition root of the executor: engine, migrations, runners, the fire consumer and RunService."""
+"""Composition root of the executor: engine, migrations, runners, callbacks, the fire consumer and RunService."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import httpx
 
 from kairos.core import db
 from kairos.core.runtime import Runtime
+from kairos.executor.notify import Notifier, Signer
 from kairos.executor.runners import Runners
 from kairos.executor.runs import RunStore
 from kairos.executor.servicer import RunServicer
-from kairos.executor.worker import FireWorker
+from kairos.executor.worker import FireWorker, WorkerSettings
 from kairos.v1 import run_service_pb2_grpc
 
 MIGRATIONS = "kairos.executor:migrations"
@@ -19,18 +20,32 @@ VERSION_TABLE = "alembic_version_executor"
 
 
 async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
-    engine = db.create_engine(runtime.config.database_url)
+    config = runtime.config
+    engine = db.create_engine(config.database_url)
     stack.push_async_callback(engine.dispose)
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
-    store = RunStore(db.session_factory(engine), runtime.config.run_retention)
+    store = RunStore(db.session_factory(engine), config.run_retention)
+    stack.push_async_callback(store.stop)
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})
     stack.push_async_callback(http.aclose)
+    signer = Signer(config.notify_signing_secret)
+    notifier = Notifier(http, signer)
+    notifier.start()
+    stack.push_async_callback(notifier.stop)
     worker = FireWorker(
-        runtime.nats, runtime.js, store, Runners(runtime.nats, http, runtime.config.python_runner_modules)
+        runtime.nats,
+        runtime.js,
+        store,
+        Runners(runtime.nats, http, config.python_runner_modules, signer),
+        notifier,
+        WorkerSettings(
+            ack_wait_s=float(config.executor_ack_wait_s),
+            workspace_max_concurrent_runs=config.workspace_max_concurrent_runs,
+        ),
     )
     await worker.start()
     stack.push_async_callback(worker.stop)
 
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store), runtime.grpc.server)
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(store, worker), runtime.grpc.server)
     runtime.grpc.add("kairos.v1.RunService")

@@ -19,6 +19,7 @@ class RunRow(Base):
     __table_args__ = (
         Index("ix_runs_trigger_fired", "workspace_id", "trigger_id", "fire_time", "id"),
         Index("ix_runs_workspace_fired", "workspace_id", "fire_time", "id"),
+        Index("ix_runs_workspace_status", "workspace_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -43,3 +44,22 @@ class RunRow(Base):
     owner: Mapped[str] = mapped_column(String(200), default="")
     webhook: Mapped[str] = mapped_column(String(200), default="")
     event_type: Mapped[str] = mapped_column(String(200), default="")
+
+
+class TraceEventRow(Base):
+    """One lifecycle event of a fire (trigger.fired, run.started, run.completed...), kept for GetRunTrace."""
+
+    __tablename__ = "trace_events"
+    __table_args__ = (Index("ix_trace_events_fire", "fire_id", "time"),)
+
+    id: Mapped[str] = mapped_column(String(500), primary_key=True)
+    fire_id: Mapped[str] = mapped_column(String(400))
+    run_id: Mapped[str] = mapped_column(String(64), default="")
+    workspace_id: Mapped[str] = mapped_column(String(64))
+    trigger_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[int] = mapped_column(Integer, default=0)
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from nats.aio.client import Client as NatsClient
 
+from kairos.executor.notify import Signer
 from kairos.v1 import trigger_pb2
 
 
@@ -26,9 +27,12 @@ class AgentError(Exception):
 class Runners:
     """Dispatches a run envelope to the trigger's runner and returns the agent's JSON output."""
 
-    def __init__(self, nats: NatsClient, http: httpx.AsyncClient, python_modules: Sequence[str]) -> None:
+    def __init__(
+        self, nats: NatsClient, http: httpx.AsyncClient, python_modules: Sequence[str], signer: Signer | None = None
+    ) -> None:
         self._nats = nats
         self._http = http
+        self._signer = signer or Signer("")
         self._python_modules = tuple(python_modules)
 
     async def run(self, runner: trigger_pb2.Runner, agent: str, envelope: dict[str, Any], timeout: float) -> Any:
@@ -69,7 +73,9 @@ class Runners:
 
     async def _http_post(self, url: str, envelope: dict[str, Any], timeout: float) -> Any:
         try:
-            response = await self._http.post(url, json=envelope, timeout=timeout)
+            body = json.dumps(envelope)
+            headers = self._signer.headers(f"{envelope.get('run', '')}/{envelope.get('attempt', 0)}", body)
+            response = await self._http.post(url, content=body, headers=headers, timeout=timeout)
         except httpx.TimeoutException:
             raise TimeoutError from None
         except httpx.HTTPError as error:

@@ -1,20 +1,29 @@
-"""The run history: one row per fire id, read and written in short transactions."""
+"""The run history: one row per fire id, read and written in short transactions.
+
+Admission (may this fire start now?) is decided inside one transaction that first takes a per-workspace
+lock (a PostgreSQL transaction advisory lock; SQLite's single writer lock), so the overlap policy, the
+daily cap and the workspace concurrency limit hold across any number of executor replicas.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kairos.core.errors import invalid_argument, not_found
 from kairos.core.names import RunName, new_id, parse_trigger
-from kairos.executor.models import RunRow
+from kairos.executor.batching import WriteBatcher
+from kairos.executor.models import RunRow, TraceEventRow
+from kairos.executor.policy import Overlap, local_day, overlap_policy
 from kairos.v1 import fire_pb2, run_pb2
 
 Status = run_pb2.RunStatus
@@ -25,7 +34,98 @@ TERMINAL = {
     Status.RUN_STATUS_TIMED_OUT,
     Status.RUN_STATUS_SKIPPED,
 }
+ACTIVE = (Status.RUN_STATUS_PENDING, Status.RUN_STATUS_RUNNING)
+FAILED = {Status.RUN_STATUS_FAILED, Status.RUN_STATUS_TIMED_OUT}
 MAX_PAGE_SIZE = 1000
+FINISH_COLUMNS = ("status", "status_reason", "end_time", "duration_ms", "output_json", "error_message")
+LIFECYCLE_ORDER = {
+    kind: rank
+    for rank, kind in enumerate(
+        ("trigger.fired", "run.queued", "run.started", "run.retrying", "run.completed", "run.failed", "run.skipped")
+    )
+}
+SKIP_OVERLAP = "overlap"
+SKIP_DAILY_CAP = "daily cap"
+
+
+@dataclass
+class Admission:
+    """What to do with a fire: `run` it (row is running), drop a `duplicate`, record it `skipped`, or `wait`
+    (row is pending: the overlap policy or the workspace limit holds it back; ask again later)."""
+
+    outcome: str
+    row: RunRow | None = None
+    cancelled: list[RunRow] = field(default_factory=list)
+    resumed: bool = False
+    created: bool = False
+    events: list[run_pb2.TraceEvent] = field(default_factory=list)
+
+
+Describe = Callable[[Admission], list[run_pb2.TraceEvent]]
+DescribeRow = Callable[[RunRow], list[run_pb2.TraceEvent]]
+
+
+@dataclass
+class _AdmitRequest:
+    fire: fire_pb2.FireRequest
+    run_input: dict[str, Any]
+    workspace_limit: int
+    describe: Describe | None
+
+
+@dataclass
+class _FinishRequest:
+    row: RunRow
+    changes: dict[str, Any]
+    describe: DescribeRow | None
+
+
+async def _store_events(session: AsyncSession, events: list[run_pb2.TraceEvent]) -> None:
+    """Inserts lifecycle events; one recorded again (a redelivered fire) keeps its first copy."""
+    if not events:
+        return
+    rows = [event_row(event) for event in events]
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    await session.execute(insert(TraceEventRow).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+
+def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
+    trigger = parse_trigger(event.trigger, "trigger")
+    return {
+        "id": event.id,
+        "fire_id": event.fire_id,
+        "run_id": event.run.rsplit("/", 1)[1] if event.run else "",
+        "workspace_id": trigger.workspace,
+        "trigger_id": trigger.trigger,
+        "type": event.type,
+        "time": event.time.ToDatetime(UTC),
+        "attempt": event.attempt,
+        "status": event.status,
+        "duration_ms": event.duration_ms,
+        "error_message": event.error_message,
+    }
+
+
+def event_from_row(row: TraceEventRow) -> run_pb2.TraceEvent:
+    trigger = f"workspaces/{row.workspace_id}/triggers/{row.trigger_id}"
+    event = run_pb2.TraceEvent(
+        id=row.id,
+        type=row.type,
+        source="AUTOMATION",
+        fire_id=row.fire_id,
+        run=f"{trigger}/runs/{row.run_id}" if row.run_id else "",
+        trigger=trigger,
+        attempt=row.attempt,
+        status=row.status,
+        duration_ms=row.duration_ms,
+        error_message=row.error_message,
+    )
+    event.time.FromDatetime(row.time)
+    return event
+
+
+def _elapsed_ms(row: RunRow, now: datetime) -> int:
+    return int((now - (row.start_time or now)).total_seconds() * 1000) if row.start_time else 0
 
 
 def run_name(row: RunRow) -> str:
@@ -49,10 +149,10 @@ def to_proto(row: RunRow) -> run_pb2.Run:
         webhook=row.webhook,
         event_type=row.event_type,
     )
-    for field in ("scheduled_time", "fire_time", "start_time", "end_time"):
-        instant = getattr(row, field)
+    for column in ("scheduled_time", "fire_time", "start_time", "end_time"):
+        instant = getattr(row, column)
         if instant is not None:
-            getattr(run, field).FromDatetime(instant)
+            getattr(run, column).FromDatetime(instant)
     run.input.update(json.loads(row.input_json))
     json_format.ParseDict(json.loads(row.output_json), run.output)
     json_format.ParseDict(json.loads(row.payload_json), run.payload)
@@ -67,71 +167,303 @@ class RunStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], retention: int) -> None:
         self._sessions = sessions
         self._retention = retention
+        self._trim_every = max(1, min(100, retention // 10))
+        self._writes = WriteBatcher(sessions)
+        self._ended: dict[tuple[str, str], int] = {}
 
-    async def begin(self, fire: fire_pb2.FireRequest, run_input: dict[str, Any]) -> RunRow | None:
-        """Records the run of a fire, or resumes the one a crashed executor left running.
-        Returns None when the fire's run already ended: the fire is a duplicate."""
+    async def stop(self) -> None:
+        await self._writes.stop()
+
+    def _new_row(self, fire: fire_pb2.FireRequest, run_input: dict[str, Any], now: datetime) -> RunRow:
         trigger = parse_trigger(fire.trigger, "trigger")
-        now = datetime.now(UTC)
-        row = RunRow(
+        return RunRow(
             id=new_id("r"),
             workspace_id=trigger.workspace,
             trigger_id=trigger.trigger,
             fire_id=fire.fire_id,
             trigger_type=fire.trigger_type,
-            status=Status.RUN_STATUS_RUNNING,
-            attempt=1,
+            status=Status.RUN_STATUS_PENDING,
+            status_reason="",
+            attempt=0,
             scheduled_time=fire.scheduled_time.ToDatetime(UTC) if fire.HasField("scheduled_time") else None,
             fire_time=fire.fire_time.ToDatetime(UTC) if fire.HasField("fire_time") else now,
-            start_time=now,
+            duration_ms=0,
             input_json=json.dumps(run_input),
+            output_json="null",
             payload_json=json.dumps(value_to_python(fire.payload)),
+            error_message="",
             agent=fire.action.agent,
             agent_version=fire.action.agent_version,
             owner=fire.action.owner,
             webhook=fire.webhook,
             event_type=fire.event_type,
         )
-        async with self._sessions() as session:
-            session.add(row)
-            try:
-                await session.commit()
-                return row
-            except IntegrityError:
-                await session.rollback()
-            existing = await session.scalar(select(RunRow).where(RunRow.fire_id == fire.fire_id))
-            if existing is None or existing.status in TERMINAL:
-                return None
-            existing.attempt += 1
-            existing.status = Status.RUN_STATUS_RUNNING
-            await session.commit()
-            return existing
 
-    async def finish(self, row: RunRow, status: int, output: Any = None, error: str = "", reason: str = "") -> RunRow:
+    async def admit(
+        self,
+        fire: fire_pb2.FireRequest,
+        run_input: dict[str, Any],
+        workspace_limit: int,
+        describe: Describe | None = None,
+    ) -> Admission:
+        """Decides, atomically, whether the fire's run starts now, and records the decision and the events
+        `describe(admission)` returns for it."""
+        trigger = parse_trigger(fire.trigger, "trigger")
+        request = _AdmitRequest(fire, run_input, workspace_limit, describe)
+        return await self._writes.submit_item(self._admit_many, request, lock_key=f"runs/{trigger.workspace}")
+
+    async def _admit_many(self, session: AsyncSession, requests: list[_AdmitRequest]) -> list[Admission]:
+        """Admits a batch: new fires of triggers that allow overlap and have no daily cap (the common case)
+        take one query for duplicates, one for the workspaces' running counts and one insert for them all;
+        every other fire goes through the full per-fire admission."""
+        results: dict[int, Admission] = {}
+        simple = [
+            index
+            for index, request in enumerate(requests)
+            if overlap_policy(request.fire) == Overlap.OVERLAP_POLICY_ALLOW
+            and request.fire.policies.max_runs_per_day <= 0
+        ]
+        if simple:
+            fire_ids = [requests[index].fire.fire_id for index in simple]
+            known = set((await session.scalars(select(RunRow.fire_id).where(RunRow.fire_id.in_(fire_ids)))).all())
+            fresh = [index for index in simple if requests[index].fire.fire_id not in known]
+            now = datetime.now(UTC)
+            rows = {index: self._new_row(requests[index].fire, requests[index].run_input, now) for index in fresh}
+            workspaces = {row.workspace_id for row in rows.values()}
+            running = dict(
+                (
+                    await session.execute(
+                        select(RunRow.workspace_id, func.count())
+                        .where(RunRow.workspace_id.in_(workspaces), RunRow.status == Status.RUN_STATUS_RUNNING)
+                        .group_by(RunRow.workspace_id)
+                    )
+                ).all()
+            )
+            for index, row in rows.items():
+                count = running.get(row.workspace_id, 0)
+                if count >= requests[index].workspace_limit:
+                    results[index] = Admission("wait", row, created=True)
+                    continue
+                running[row.workspace_id] = count + 1
+                row.status = Status.RUN_STATUS_RUNNING
+                row.attempt = 1
+                row.start_time = now
+                results[index] = Admission("run", row)
+            session.add_all(rows.values())
+            await session.flush()
+        for index, request in enumerate(requests):
+            if index not in results:
+                results[index] = await self._admit(session, request.fire, request.run_input, request.workspace_limit)
+        events: list[run_pb2.TraceEvent] = []
+        for index, request in enumerate(requests):
+            if request.describe is not None:
+                results[index].events = request.describe(results[index])
+                events.extend(results[index].events)
+        await _store_events(session, events)
+        return [results[index] for index in range(len(requests))]
+
+    async def _admit(
+        self, session: AsyncSession, fire: fire_pb2.FireRequest, run_input: dict[str, Any], workspace_limit: int
+    ) -> Admission:
         now = datetime.now(UTC)
-        async with self._sessions() as session:
+        row = await session.scalar(select(RunRow).where(RunRow.fire_id == fire.fire_id))
+        if row is not None and row.status in TERMINAL:
+            return Admission("duplicate", row)
+        if row is not None and row.status == Status.RUN_STATUS_RUNNING:
+            return Admission("run", row, resumed=True)
+        is_new = row is None
+        if row is None:
+            row = self._new_row(fire, run_input, now)
+            if await self._over_daily_cap(session, fire, row):
+                return self._skip(session, row, SKIP_DAILY_CAP, now)
+        policy = overlap_policy(fire)
+        others: list[RunRow] = []
+        if policy != Overlap.OVERLAP_POLICY_ALLOW:
+            others = list(
+                (
+                    await session.scalars(
+                        select(RunRow).where(
+                            RunRow.workspace_id == row.workspace_id,
+                            RunRow.trigger_id == row.trigger_id,
+                            RunRow.status.in_(ACTIVE),
+                            RunRow.id != row.id,
+                        )
+                    )
+                ).all()
+            )
+        cancelled: list[RunRow] = []
+        if others and policy == Overlap.OVERLAP_POLICY_SKIP and row.attempt == 0:
+            return self._skip(session, row, SKIP_OVERLAP, now)
+        if others and policy == Overlap.OVERLAP_POLICY_BUFFER_ONE:
+            waiting = [other for other in others if other.attempt == 0]
+            if waiting and is_new:
+                return self._skip(session, row, SKIP_OVERLAP, now)
+            if any(other.attempt > 0 for other in others):
+                session.add(row)
+                return Admission("wait", row, created=is_new)
+        if others and policy == Overlap.OVERLAP_POLICY_CANCEL_OTHER:
+            for other in others:
+                other.status = Status.RUN_STATUS_CANCELLED
+                other.status_reason = "cancelled by a newer fire (overlap policy cancel_other)"
+                other.end_time = now
+                other.duration_ms = _elapsed_ms(other, now)
+                cancelled.append(other)
+        running = await session.scalar(
+            select(func.count())
+            .select_from(RunRow)
+            .where(RunRow.workspace_id == row.workspace_id, RunRow.status == Status.RUN_STATUS_RUNNING)
+        )
+        if running >= workspace_limit:
+            session.add(row)
+            return Admission("wait", row, cancelled, created=is_new)
+        row.status = Status.RUN_STATUS_RUNNING
+        row.attempt += 1
+        row.start_time = row.start_time or now
+        session.add(row)
+        return Admission("run", row, cancelled)
+
+    @staticmethod
+    def _skip(session: AsyncSession, row: RunRow, reason: str, now: datetime) -> Admission:
+        row.status = Status.RUN_STATUS_SKIPPED
+        row.status_reason = reason
+        row.end_time = now
+        session.add(row)
+        return Admission("skipped", row)
+
+    @staticmethod
+    async def _over_daily_cap(session: AsyncSession, fire: fire_pb2.FireRequest, row: RunRow) -> bool:
+        cap = fire.policies.max_runs_per_day
+        if cap <= 0:
+            return False
+        start, end = local_day(row.fire_time, fire.timezone)
+        today = await session.scalar(
+            select(func.count())
+            .select_from(RunRow)
+            .where(
+                RunRow.workspace_id == row.workspace_id,
+                RunRow.trigger_id == row.trigger_id,
+                RunRow.fire_time >= start,
+                RunRow.fire_time < end,
+                RunRow.status != Status.RUN_STATUS_SKIPPED,
+            )
+        )
+        return today >= cap
+
+    async def retry_later(self, row: RunRow, error: str, describe: DescribeRow | None = None) -> RunRow:
+        """Records a failed attempt that will be retried: the run waits, pending, for its next attempt."""
+
+        async def operation(session: AsyncSession) -> RunRow:
             stored = await session.get(RunRow, row.id)
             if stored is None:
                 raise not_found(run_name(row))
-            if stored.status in TERMINAL:
-                return stored
-            stored.status = status
-            stored.status_reason = reason
-            stored.end_time = now
-            stored.duration_ms = int((now - (stored.start_time or now)).total_seconds() * 1000)
-            stored.output_json = json.dumps(output)
-            stored.error_message = error
-            await session.commit()
-            await self._trim(session, stored)
+            if stored.status not in TERMINAL:
+                stored.status = Status.RUN_STATUS_PENDING
+                stored.error_message = error
+            if describe is not None:
+                await _store_events(session, describe(stored))
             return stored
 
+        return await self._writes.submit(operation)
+
+    async def finish(
+        self,
+        row: RunRow,
+        status: int,
+        output: Any = None,
+        error: str = "",
+        reason: str = "",
+        describe: DescribeRow | None = None,
+    ) -> RunRow:
+        """Ends a run (a no-op when it already ended) and stores the events `describe(run)` returns."""
+
+        now = datetime.now(UTC)
+        changes = {
+            "status": status,
+            "status_reason": reason,
+            "end_time": now,
+            "duration_ms": _elapsed_ms(row, now),
+            "output_json": json.dumps(output),
+            "error_message": error,
+        }
+        return await self._writes.submit_item(self._finish_many, _FinishRequest(row, changes, describe))
+
+    async def _finish_many(self, session: AsyncSession, requests: list[_FinishRequest]) -> list[RunRow]:
+        """Ends a batch of runs with one read and one executemany update; runs that already ended are
+        returned as stored, unchanged and without events."""
+        ids = [request.row.id for request in requests]
+        stored = {
+            row.id: row
+            for row in (await session.scalars(select(RunRow).where(RunRow.id.in_(ids)).with_for_update())).all()
+        }
+        for request in requests:
+            if request.row.id not in stored:
+                raise not_found(run_name(request.row))
+        for row in stored.values():
+            session.expunge(row)  # written by the executemany below, not by the unit of work
+        active = [request for request in requests if stored[request.row.id].status in ACTIVE]
+        if active:
+            result = await session.execute(
+                update(RunRow.__table__)
+                .where(
+                    RunRow.__table__.c.id == bindparam("run_id"),
+                    or_(*(RunRow.__table__.c.status == status for status in ACTIVE)),
+                )
+                .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS}),
+                [
+                    {"run_id": request.row.id} | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
+                    for request in active
+                ],
+            )
+            if session.bind.dialect.name != "postgresql" and result.rowcount != len(active):
+                raise RuntimeError("a run changed while its batch was being written; retrying one by one")
+        results: list[RunRow] = []
+        events: list[run_pb2.TraceEvent] = []
+        for request in requests:
+            row = stored[request.row.id]
+            if row.status in ACTIVE:
+                for column, value in request.changes.items():
+                    setattr(row, column, value)
+                if request.describe is not None:
+                    events.extend(request.describe(row))
+                await self._maybe_trim(session, row)
+            results.append(row)
+        await _store_events(session, events)
+        return results
+
+    async def _maybe_trim(self, session: AsyncSession, row: RunRow) -> None:
+        """Trims the trigger's history every `trim_every` ended runs, so at most retention + trim_every stay."""
+        key = (row.workspace_id, row.trigger_id)
+        self._ended[key] = self._ended.get(key, 0) + 1
+        if self._ended[key] % self._trim_every == 0:
+            await self._trim(session, row)
+
     async def _trim(self, session: AsyncSession, row: RunRow) -> None:
+        """Keeps the newest `retention` runs of the trigger (and their trace events), deleting the rest."""
+        oldest_kept = await session.scalar(
+            select(RunRow.fire_time)
+            .where(RunRow.workspace_id == row.workspace_id, RunRow.trigger_id == row.trigger_id)
+            .order_by(RunRow.fire_time.desc(), RunRow.id.desc())
+            .offset(self._retention - 1)
+            .limit(1)
+        )
+        if oldest_kept is None:
+            return
         keep = (
             select(RunRow.id)
             .where(RunRow.workspace_id == row.workspace_id, RunRow.trigger_id == row.trigger_id)
             .order_by(RunRow.fire_time.desc(), RunRow.id.desc())
             .limit(self._retention)
         )
+        expired = (
+            select(RunRow.fire_id)
+            .where(
+                RunRow.workspace_id == row.workspace_id,
+                RunRow.trigger_id == row.trigger_id,
+                RunRow.id.not_in(keep.scalar_subquery()),
+            )
+            .scalar_subquery()
+        )
+        await session.execute(delete(TraceEventRow).where(TraceEventRow.fire_id.in_(expired)))
         await session.execute(
             delete(RunRow).where(
                 RunRow.workspace_id == row.workspace_id,
@@ -139,7 +471,6 @@ class RunStore:
                 RunRow.id.not_in(keep.scalar_subquery()),
             )
         )
-        await session.commit()
 
     async def get(self, name: RunName) -> RunRow:
         async with self._sessions() as session:
@@ -148,9 +479,43 @@ class RunStore:
             raise not_found(str(name))
         return row
 
-    async def cancel(self, name: RunName) -> RunRow:
+    async def cancel(self, name: RunName, describe: DescribeRow | None = None) -> tuple[RunRow, bool]:
+        """Marks a pending or running run cancelled; returns it and whether this call ended it."""
         row = await self.get(name)
-        return await self.finish(row, Status.RUN_STATUS_CANCELLED, reason="cancelled by request")
+        if row.status in TERMINAL:
+            return row, False
+        ended = await self.finish(row, Status.RUN_STATUS_CANCELLED, reason="cancelled by request", describe=describe)
+        return ended, ended.status_reason == "cancelled by request" and ended.end_time is not None
+
+    async def trace(self, name: RunName) -> list[TraceEventRow]:
+        row = await self.get(name)
+        async with self._sessions() as session:
+            query = select(TraceEventRow).where(TraceEventRow.fire_id == row.fire_id)
+            events = list((await session.scalars(query)).all())
+        # Events written together can share a timestamp; within one instant, lifecycle order decides.
+        return sorted(events, key=lambda event: (event.time, event.attempt, LIFECYCLE_ORDER.get(event.type, 99)))
+
+    async def consecutive_failures(self, workspace: str, trigger_id: str, limit: int) -> int:
+        """How many of the trigger's most recent ended runs (at most `limit`) failed in a row."""
+        async with self._sessions() as session:
+            statuses = (
+                await session.scalars(
+                    select(RunRow.status)
+                    .where(
+                        RunRow.workspace_id == workspace,
+                        RunRow.trigger_id == trigger_id,
+                        RunRow.status.in_(FAILED | {Status.RUN_STATUS_COMPLETED}),
+                    )
+                    .order_by(RunRow.end_time.desc(), RunRow.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        count = 0
+        for status in statuses:
+            if status not in FAILED:
+                break
+            count += 1
+        return count
 
     async def list(
         self,

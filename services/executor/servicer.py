@@ -1,10 +1,11 @@
-"""RunService: reads and cancels runs, scoped to the caller's workspace."""
+"""RunService: reads and cancels runs and returns their lifecycle events, scoped to the caller's workspace."""
 
 from __future__ import annotations
 
 from kairos.core.auth import check_workspace, workspace_for
 from kairos.core.names import parse_run, parse_trigger
-from kairos.executor.runs import RunStore, to_proto
+from kairos.executor.runs import RunStore, event_from_row, to_proto
+from kairos.executor.worker import FireWorker
 from kairos.v1 import run_service_pb2, run_service_pb2_grpc
 
 
@@ -15,8 +16,9 @@ def _run_name(name: str):
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, worker: FireWorker) -> None:
         self._store = store
+        self._worker = worker
 
     async def GetRun(self, request, context):
         return run_service_pb2.GetRunResponse(run=to_proto(await self._store.get(_run_name(request.name))))
@@ -32,4 +34,9 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         return run_service_pb2.ListRunsResponse(runs=[to_proto(row) for row in rows], next_page_token=token)
 
     async def CancelRun(self, request, context):
-        return run_service_pb2.CancelRunResponse(run=to_proto(await self._store.cancel(_run_name(request.name))))
+        row = await self._worker.cancel_run(_run_name(request.name))
+        return run_service_pb2.CancelRunResponse(run=to_proto(row))
+
+    async def GetRunTrace(self, request, context):
+        events = await self._store.trace(_run_name(request.name))
+        return run_service_pb2.GetRunTraceResponse(events=[event_from_row(event) for event in events])

@@ -2,6 +2,10 @@
 
 A fire is acknowledged only after its run is recorded as ended, so a crash mid-run means redelivery, and
 the unique fire id on the run means the redelivery resumes that run instead of starting a second one.
+While an attempt runs, the message gets in-progress acks every third of `ack_wait`, so only a dead executor
+lets it be redelivered. A failed attempt with attempts left is nak'ed with the backoff as delay: the retry
+holds no consumer slot and no task, so a poison fire never blocks the fires behind it. After the last
+attempt the fire is copied to the dead-letter stream and the run ends failed.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,15 +27,20 @@ from nats.js import JetStreamContext, api
 from kairos.core import messaging
 from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
+from kairos.executor.models import RunRow
+from kairos.executor.notify import Notifier
+from kairos.executor.policy import backoff_s, max_attempts
 from kairos.executor.runners import AgentError, Runners
-from kairos.executor.runs import RunStore, run_name, value_to_python
+from kairos.executor.runs import FAILED, RunStore, run_name, value_to_python
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
 
 log = structlog.get_logger(__name__)
 
 DURABLE = "kairos-executor"
 DEFAULT_ATTEMPT_DEADLINE_S = 300.0
-MAX_DELIVER = 5
+WAIT_DELAY_S = 0.5
+CANCEL_SUBJECT = "kairos.executor.cancel"
+PAUSE_SUBJECT = "kairos.control.registry.pause_trigger"
 Status = run_pb2.RunStatus
 TRIGGER_TYPES = {
     run_pb2.TriggerType.TRIGGER_TYPE_SCHEDULE: "schedule",
@@ -39,6 +49,21 @@ TRIGGER_TYPES = {
     run_pb2.TriggerType.TRIGGER_TYPE_MANUAL: "manual",
 }
 AGENT_VERSIONS = {trigger_pb2.AgentVersion.AGENT_VERSION_DRAFT: "draft"}
+END_EVENTS = {
+    Status.RUN_STATUS_COMPLETED: "run.completed",
+    Status.RUN_STATUS_CANCELLED: "run.cancelled",
+    Status.RUN_STATUS_SKIPPED: "run.skipped",
+}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """`concurrency` is the fires one executor process works on at once (attempts, waits and writes); it stays
+    below the default workspace limit so one busy workspace is held back by the limit, not by re-offers."""
+
+    ack_wait_s: float = 30.0
+    workspace_max_concurrent_runs: int = 100
+    concurrency: int = 64
 
 
 def run_input(fire: fire_pb2.FireRequest) -> dict[str, Any]:
@@ -80,31 +105,47 @@ def envelope(fire: fire_pb2.FireRequest, run: str, attempt: int, run_input_: dic
 class FireWorker:
     """Pulls fires in batches and runs each in its own task, up to `concurrency` at once."""
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext, store: RunStore, runners: Runners, concurrency: int = 64):
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        store: RunStore,
+        runners: Runners,
+        notifier: Notifier | None = None,
+        settings: WorkerSettings | None = None,
+    ):
         self._nc = nc
         self._js = js
         self._store = store
         self._runners = runners
-        self._slots = asyncio.Semaphore(concurrency)
-        self._concurrency = concurrency
+        self._notifier = notifier
+        self._settings = settings or WorkerSettings()
+        self._concurrency = self._settings.concurrency
+        self._slots = asyncio.Semaphore(self._concurrency)
         self._tasks: set[asyncio.Task] = set()
+        self._attempts: dict[str, asyncio.Task] = {}
+        self._in_progress: dict[str, Msg] = {}
+        self._heartbeats: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
         self._subscription = None
+        self._cancel_subscription = None
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         config = api.ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=DEFAULT_ATTEMPT_DEADLINE_S + 30,
-            max_deliver=MAX_DELIVER,
+            ack_wait=self._settings.ack_wait_s,
+            max_deliver=-1,
             max_ack_pending=10_000,
+            filter_subject=messaging.FIRES_SUBJECTS,
         )
-        subscription = await self._js.pull_subscribe(
-            messaging.FIRES_SUBJECTS, durable=DURABLE, stream=messaging.FIRES_STREAM, config=config
-        )
+        await self._js.add_consumer(messaging.FIRES_STREAM, config)
+        self._cancel_subscription = await self._nc.subscribe(CANCEL_SUBJECT, cb=self._on_cancel)
+        subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=messaging.FIRES_STREAM)
         self._subscription = subscription
         self._loop = spawn(self._pull(subscription), "executor-pull")
+        self._heartbeats = spawn(self._heartbeat(), "executor-heartbeat")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stops pulling, then gives in-flight runs `grace` seconds before they are left to redelivery."""
@@ -113,15 +154,20 @@ class FireWorker:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
-        if self._subscription is not None:
-            # Drop the pull inbox now: a message left in it (a late 408, or one fetch() took without marking
-            # it done) would otherwise hold the connection's drain for its whole timeout at shutdown.
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
+        for subscription in (self._subscription, self._cancel_subscription):
+            if subscription is not None:
+                # Drop the pull inbox now: a message left in it (a late 408, or one fetch() took without marking
+                # it done) would otherwise hold the connection's drain for its whole timeout at shutdown.
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
                 task.cancel()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
 
     async def _pull(self, subscription) -> None:
         while not self._stopping.is_set():
@@ -144,34 +190,56 @@ class FireWorker:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _trace(self, fire: fire_pb2.FireRequest, kind: str, run: str, **fields: Any) -> None:
-        trigger = parse_trigger(fire.trigger, "trigger")
-        event = run_pb2.TraceEvent(
-            id=f"{fire.fire_id}/{kind}/{fields.get('attempt', 0)}",
-            type=kind,
-            source="AUTOMATION",
-            fire_id=fire.fire_id,
-            run=run,
-            trigger=fire.trigger,
-            **fields,
-        )
-        event.time.GetCurrentTime()
-        with contextlib.suppress(Exception):
-            await self._nc.publish(
-                messaging.trace_subject(trigger.workspace, trigger.trigger), event.SerializeToString()
-            )
+    # -- cancellation ------------------------------------------------------------------------------------
+
+    async def cancel_run(self, name) -> RunRow:
+        """CancelRun: a pending run is marked cancelled and never starts; a running one is marked cancelled
+        and every executor is told to stop its attempt."""
+        events: list[run_pb2.TraceEvent] = []
+
+        def describe(row: RunRow) -> list[run_pb2.TraceEvent]:
+            events.append(_event(row.fire_id, _trigger_of(row), "run.cancelled", row, error_message=row.status_reason))
+            return events
+
+        row, ended = await self._store.cancel(name, describe)
+        if ended:
+            await self._nc.publish(CANCEL_SUBJECT, row.id.encode())
+        await self._publish(events, "")
+        return row
+
+    async def _on_cancel(self, message: Msg) -> None:
+        attempt = self._attempts.get(message.data.decode())
+        if attempt is not None:
+            attempt.cancel()
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    async def _publish(self, events: list[run_pb2.TraceEvent], notify_url: str) -> None:
+        """Publishes stored lifecycle events on kairos.trace.<ws>.<trigger> and queues their callbacks."""
+        for event in events:
+            trigger = parse_trigger(event.trigger, "trigger")
+            with contextlib.suppress(Exception):
+                await self._nc.publish(
+                    messaging.trace_subject(trigger.workspace, trigger.trigger), event.SerializeToString()
+                )
+            if self._notifier is not None and notify_url:
+                self._notifier.enqueue(notify_url, event.id, _event_json(event))
+
+    # -- one fire ----------------------------------------------------------------------------------------
 
     async def _handle(self, message: Msg) -> None:
         try:
             fire = fire_pb2.FireRequest.FromString(message.data)
+            parse_trigger(fire.trigger, "trigger")
         except Exception:
-            log.error("discarding a fire that is not a FireRequest", subject=message.subject)
+            log.error("discarding a fire that is not a valid FireRequest", subject=message.subject)
             await message.term()
             return
         structlog.contextvars.bind_contextvars(fire_id=fire.fire_id, trigger=fire.trigger)
         try:
-            await self._execute(fire)
-            await message.ack()
+            await self._execute(message, fire)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("run failed to record; the fire will be redelivered")
             with contextlib.suppress(Exception):
@@ -179,40 +247,189 @@ class FireWorker:
         finally:
             structlog.contextvars.clear_contextvars()
 
-    async def _execute(self, fire: fire_pb2.FireRequest) -> None:
+    def _admission_events(self, fire: fire_pb2.FireRequest, first_delivery: bool, admission) -> list:
+        row = admission.row
+        events = []
+        if first_delivery and admission.outcome != "duplicate":
+            events.append(_event(fire.fire_id, fire.trigger, "trigger.fired", row))
+        for other in admission.cancelled:
+            events.append(
+                _event(other.fire_id, _trigger_of(other), "run.cancelled", other, error_message=other.status_reason)
+            )
+        if admission.outcome == "skipped":
+            events.append(
+                _event(fire.fire_id, fire.trigger, "run.skipped", row, error_message=f"skipped: {row.status_reason}")
+            )
+        elif admission.outcome == "wait" and admission.created:
+            events.append(_event(fire.fire_id, fire.trigger, "run.queued", row))
+        elif admission.outcome == "run":
+            events.append(_event(fire.fire_id, fire.trigger, "run.started", row))
+        return events
+
+    async def _execute(self, message: Msg, fire: fire_pb2.FireRequest) -> None:
+        first_delivery = message.metadata.num_delivered == 1
         inputs = run_input(fire)
-        row = await self._store.begin(fire, inputs)
-        if row is None:
+        admission = await self._store.admit(
+            fire,
+            inputs,
+            self._settings.workspace_max_concurrent_runs,
+            lambda decided: self._admission_events(fire, first_delivery, decided),
+        )
+        for other in admission.cancelled:
+            await self._nc.publish(CANCEL_SUBJECT, other.id.encode())
+        await self._publish(admission.events, fire.policies.notify_url)
+        row = admission.row
+        if admission.outcome == "duplicate":
             log.info("duplicate fire ignored")
+            await message.ack()
             return
+        if admission.outcome == "wait":
+            await message.nak(delay=WAIT_DELAY_S)
+            return
+        if admission.outcome == "skipped":
+            await message.ack()
+            return
+        ended = await self._attempt(message, fire, row, inputs)
+        if ended:
+            await message.ack()
+
+    async def _attempt(self, message: Msg, fire: fire_pb2.FireRequest, row: RunRow, inputs: dict[str, Any]) -> bool:
+        """Runs one attempt; returns whether the run ended (False: nak'ed for a retry)."""
         name = run_name(row)
-        await self._trace(fire, "run.started", name, attempt=row.attempt, status=Status.RUN_STATUS_RUNNING)
         deadline = fire.policies.attempt_deadline.ToTimedelta().total_seconds() or DEFAULT_ATTEMPT_DEADLINE_S
         started = datetime.now(UTC)
+        document = envelope(fire, name, row.attempt, inputs)
+        # Awaited below (not a background task); its own task so CancelRun can stop just this attempt.
+        agent = asyncio.create_task(self._runners.run(fire.action.runner, fire.action.agent, document, deadline))
+        self._attempts[row.id] = agent
+        self._in_progress[row.id] = message
+        status, output, error, retryable = Status.RUN_STATUS_COMPLETED, None, "", False
         try:
-            output = await self._runners.run(
-                fire.action.runner, fire.action.agent, envelope(fire, name, row.attempt, inputs), deadline
-            )
+            output = await asyncio.shield(agent)
             json.dumps(output)
+        except asyncio.CancelledError:
+            if agent.cancelled() and not _being_cancelled():
+                status, error = Status.RUN_STATUS_CANCELLED, "cancelled by request"
+            else:
+                agent.cancel()
+                raise
         except TimeoutError:
-            row = await self._store.finish(row, Status.RUN_STATUS_TIMED_OUT, error=f"no result within {deadline:g} s")
-        except (AgentError, TypeError, ValueError) as error:
-            row = await self._store.finish(row, Status.RUN_STATUS_FAILED, error=str(error))
-        else:
-            row = await self._store.finish(row, Status.RUN_STATUS_COMPLETED, output=output)
-        kind = {
-            Status.RUN_STATUS_COMPLETED: "run.completed",
-            Status.RUN_STATUS_TIMED_OUT: "run.failed",
-            Status.RUN_STATUS_CANCELLED: "run.cancelled",
-        }.get(row.status, "run.failed")
+            status, error, retryable = Status.RUN_STATUS_TIMED_OUT, f"no result within {deadline:g} s", True
+        except AgentError as failure:
+            status, error, retryable = Status.RUN_STATUS_FAILED, str(failure), failure.retryable
+        except (TypeError, ValueError) as failure:
+            status, error = Status.RUN_STATUS_FAILED, f"the agent's output is not JSON: {failure}"
+        finally:
+            self._in_progress.pop(row.id, None)
+            self._attempts.pop(row.id, None)
         elapsed = int((datetime.now(UTC) - started).total_seconds() * 1000)
-        await self._trace(
-            fire,
-            kind,
-            name,
-            attempt=row.attempt,
-            status=row.status,
-            duration_ms=elapsed,
-            error_message=row.error_message,
-        )
+        events: list[run_pb2.TraceEvent] = []
+        if status in FAILED and retryable and row.attempt < max_attempts(fire.policies):
+
+            def describe_retry(stored: RunRow) -> list[run_pb2.TraceEvent]:
+                fields = {"duration_ms": elapsed, "error_message": error}
+                events.append(_event(fire.fire_id, fire.trigger, "run.retrying", stored, **fields))
+                return events
+
+            row = await self._store.retry_later(row, error, describe_retry)
+            await self._publish(events, fire.policies.notify_url)
+            delay = backoff_s(fire.policies.retry, row.attempt)
+            log.info("attempt failed; retrying", run=name, attempt=row.attempt, delay_s=round(delay, 3), error=error)
+            await message.nak(delay=delay)
+            return False
+
+        def describe_end(stored: RunRow) -> list[run_pb2.TraceEvent]:
+            kind = END_EVENTS.get(stored.status, "run.failed")
+            fields = {"duration_ms": stored.duration_ms, "error_message": stored.error_message}
+            events.append(_event(fire.fire_id, fire.trigger, kind, stored, **fields))
+            return events
+
+        if status == Status.RUN_STATUS_COMPLETED:
+            row = await self._store.finish(row, status, output=output, describe=describe_end)
+        else:
+            reason = error if status == Status.RUN_STATUS_CANCELLED else ""
+            row = await self._store.finish(row, status, error=error, reason=reason, describe=describe_end)
+        # No events when the run had already ended: whoever cancelled it recorded and published run.cancelled.
+        await self._publish(events, fire.policies.notify_url)
+        if events and row.status in FAILED:
+            await self._dead_letter(message, fire, row)
+            await self._maybe_pause(fire, row)
         log.info("run ended", run=name, status=Status.Name(row.status), ms=elapsed)
+        return True
+
+    async def _heartbeat(self) -> None:
+        """In-progress acks for every running attempt each third of ack_wait, so ack_wait only expires for a
+        fire whose executor is gone."""
+        while True:
+            await asyncio.sleep(self._settings.ack_wait_s / 3)
+            for message in list(self._in_progress.values()):
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+
+    async def _dead_letter(self, message: Msg, fire: fire_pb2.FireRequest, row: RunRow) -> None:
+        trigger = parse_trigger(fire.trigger, "trigger")
+        await self._js.publish(
+            messaging.dead_letter_subject(trigger.workspace, trigger.trigger),
+            message.data,
+            stream=messaging.DEAD_LETTERS_STREAM,
+            headers={
+                messaging.MSG_ID_HEADER: fire.fire_id,
+                "Kairos-Run": run_name(row),
+                "Kairos-Attempts": str(row.attempt),
+                "Kairos-Error": row.error_message[:500],
+            },
+        )
+
+    async def _maybe_pause(self, fire: fire_pb2.FireRequest, row: RunRow) -> None:
+        """Asks the registry to pause the trigger once `pause_after_failures` runs in a row failed."""
+        threshold = fire.policies.pause_after_failures
+        if threshold <= 0:
+            return
+        failures = await self._store.consecutive_failures(row.workspace_id, row.trigger_id, threshold)
+        if failures < threshold:
+            return
+        note = f"paused by Kairos after {failures} consecutive failed runs; last error: {row.error_message[:300]}"
+        request = {"trigger": fire.trigger, "note": note}
+        try:
+            reply = await self._nc.request(PAUSE_SUBJECT, json.dumps(request).encode(), timeout=5.0)
+            answer = json.loads(reply.data)
+        except Exception as error:
+            log.warning("could not ask the registry to pause the trigger", error=str(error))
+            return
+        if answer.get("error"):
+            log.warning("the registry did not pause the trigger", error=answer.get("message"))
+        else:
+            log.info("trigger paused after consecutive failures", failures=failures)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _trigger_of(row: RunRow) -> str:
+    return f"workspaces/{row.workspace_id}/triggers/{row.trigger_id}"
+
+
+def _event(fire_id: str, trigger: str, kind: str, row: RunRow | None, **fields: Any) -> run_pb2.TraceEvent:
+    """A lifecycle event; its id (fire, type, attempt) is stable, so a redelivered fire repeats, not adds.
+    `trigger.fired` precedes every attempt: attempt 0, no status."""
+    fired = kind == "trigger.fired"
+    attempt = row.attempt if row is not None and not fired else 0
+    event = run_pb2.TraceEvent(
+        id=f"{fire_id}/{kind}/{attempt}",
+        type=kind,
+        source="AUTOMATION",
+        fire_id=fire_id,
+        run=run_name(row) if row is not None else "",
+        trigger=trigger,
+        attempt=attempt,
+        status=row.status if row is not None and not fired else Status.RUN_STATUS_UNSPECIFIED,
+        **fields,
+    )
+    event.time.GetCurrentTime()
+    return event
+
+
+def _event_json(event: run_pb2.TraceEvent) -> dict[str, Any]:
+    return json_format.MessageToDict(event, preserving_proto_field_name=True)

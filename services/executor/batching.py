@@ -1,0 +1,123 @@
+"""Group commit for the run history: write operations from many concurrent runs share one transaction.
+
+Each operation is an `async (session) -> result` function. One background writer takes everything queued,
+runs it in a single transaction and only then resolves each caller's future, so a caller that got its result
+knows the write is committed (the fire is acknowledged only after that). While a batch commits the next one
+fills up, so the batch size follows the load and an idle store adds no delay. Operations must be repeatable:
+if a batch fails, each of its operations runs again alone in its own transaction and only the one that
+fails again gets the error.
+
+Before the operations run, the batch takes the admission locks they declare: PostgreSQL transaction advisory
+locks (sorted, so two replicas' batches cannot deadlock), or SQLite's database-wide write lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kairos.core.tasks import spawn
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 500
+Operation = Callable[[AsyncSession], Awaitable[Any]]
+# Writes of one kind in one batch: gets the session and every item of that kind, returns one result per item.
+Handler = Callable[[AsyncSession, list[Any]], Awaitable[list[Any]]]
+
+
+@dataclass
+class _Pending:
+    handler: Handler
+    item: Any
+    lock_key: str
+    future: asyncio.Future
+
+
+async def _one_by_one(session: AsyncSession, operations: list[Operation]) -> list[Any]:
+    return [await operation(session) for operation in operations]
+
+
+async def take_locks(session: AsyncSession, keys: list[str]) -> None:
+    """Serialises admissions on `keys` across replicas until the transaction ends."""
+    if session.bind.dialect.name == "postgresql":
+        for key in sorted(set(keys)):
+            await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+    elif keys:
+        # Any write statement takes SQLite's (database-wide) write lock for the rest of the transaction.
+        await session.execute(text("UPDATE runs SET status = status WHERE 1 = 0"))
+
+
+class WriteBatcher:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+
+    async def submit(self, operation: Operation, lock_key: str = "") -> Any:
+        """Runs `operation(session)` in the next batch and returns its result once committed."""
+        return await self.submit_item(_one_by_one, operation, lock_key)
+
+    async def submit_item(self, handler: Handler, item: Any, lock_key: str = "") -> Any:
+        """Hands `item` to `handler` together with the batch's other items for that handler (one statement
+        for many rows), and returns its result once committed."""
+        if self._writer is None or self._writer.done():
+            self._writer = spawn(self._write_forever(), "executor-writer")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(handler, item, lock_key, future))
+        self._wake.set()
+        return await future
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            async with self._sessions() as session, session.begin():
+                await take_locks(session, [pending.lock_key for pending in batch if pending.lock_key])
+                groups: dict[Handler, list[_Pending]] = {}
+                for pending in batch:
+                    groups.setdefault(pending.handler, []).append(pending)
+                results: dict[int, Any] = {}
+                for handler, members in groups.items():
+                    outputs = await handler(session, [member.item for member in members])
+                    results.update(zip((id(member) for member in members), outputs, strict=True))
+        except Exception as error:
+            if len(batch) == 1:
+                _resolve(batch[0].future, error=error)
+                return
+            log.warning(
+                "a batch of run writes failed; writing them one by one", size=len(batch), error=str(error)[:300]
+            )
+            for pending in batch:
+                await self._commit([pending])
+            return
+        for pending in batch:
+            _resolve(pending.future, result=results[id(pending)])
+
+
+def _resolve(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

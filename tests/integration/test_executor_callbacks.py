@@ -1,0 +1,193 @@
+"""Signed HTTP traffic from the executor, against a real Starlette app under uvicorn on a free port that
+verifies every request with the `standardwebhooks` library: the http runner's envelope (webhook-id =
+run/attempt), notify_url callbacks of the lifecycle events (retried on 5xx, stopped on 410), and the
+per-workspace concurrency limit holding a run back until another one ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest_asyncio
+import uvicorn
+from standardwebhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from test_executor_policies import TEST_AGENTS, TIMEOUT_S, WORKSPACE, Executor, connect_executor, fast_retry
+
+from kairos.core import messaging
+from kairos.v1 import run_pb2, run_service_pb2, trigger_pb2
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+Status = run_pb2.RunStatus
+
+
+@dataclass
+class Peer:
+    """What the local HTTP peer received; every request was verified before being recorded."""
+
+    url: str
+    agent_calls: list[tuple[dict, dict]] = field(default_factory=list)
+    notifications: list[tuple[str, dict]] = field(default_factory=list)
+    gone_calls: list[dict] = field(default_factory=list)
+    failures_left: int = 1
+    agent_failures_left: int = 1
+    flaky_calls: list[dict] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self, predicate) -> None:
+        async with asyncio.timeout(TIMEOUT_S):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def peer_app(peer: Peer) -> Starlette:
+    verifier = Webhook(SECRET)
+
+    async def verified(request: Request) -> dict:
+        body = (await request.body()).decode()
+        return verifier.verify(body, dict(request.headers))
+
+    async def agent(request: Request) -> Response:
+        envelope = await verified(request)
+        peer.agent_calls.append((envelope, dict(request.headers)))
+        peer.changed.set()
+        return JSONResponse({"answer": 42, "attempt": envelope["attempt"]})
+
+    async def notify(request: Request) -> Response:
+        event = await verified(request)
+        peer.notifications.append((request.headers["webhook-id"], event))
+        peer.changed.set()
+        if peer.failures_left > 0:
+            peer.failures_left -= 1
+            return Response(status_code=503)
+        return Response(status_code=204)
+
+    async def flaky_agent(request: Request) -> Response:
+        peer.flaky_calls.append(await verified(request))
+        if peer.agent_failures_left > 0:
+            peer.agent_failures_left -= 1
+            return Response(status_code=503)
+        return JSONResponse({"ok": True})
+
+    async def refusing_agent(request: Request) -> Response:
+        await verified(request)
+        return JSONResponse({"error": "bad_input"}, status_code=422)
+
+    async def gone(request: Request) -> Response:
+        peer.gone_calls.append(await verified(request))
+        peer.changed.set()
+        return Response(status_code=410)
+
+    return Starlette(
+        routes=[
+            Route("/agent", agent, methods=["POST"]),
+            Route("/notify", notify, methods=["POST"]),
+            Route("/gone", gone, methods=["POST"]),
+            Route("/flaky-agent", flaky_agent, methods=["POST"]),
+            Route("/refusing-agent", refusing_agent, methods=["POST"]),
+        ]
+    )
+
+
+@pytest_asyncio.fixture
+async def peer() -> AsyncIterator[Peer]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    result = Peer(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    server = uvicorn.Server(uvicorn.Config(peer_app(result), log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        yield result
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
+
+
+@pytest_asyncio.fixture
+async def executor(tmp_path: Path, database_url: str) -> AsyncIterator[Executor]:
+    env = {
+        "KAIROS_PYTHON_RUNNER_MODULES": TEST_AGENTS,
+        "KAIROS_NOTIFY_SIGNING_SECRET": SECRET,
+        "KAIROS_WORKSPACE_MAX_CONCURRENT_RUNS": "1",
+    }
+    async with connect_executor(tmp_path, database_url, env) as running:
+        yield running
+
+
+async def test_http_runner_and_notify_url_are_signed_retried_on_5xx_and_stopped_on_410(
+    executor: Executor, peer: Peer
+) -> None:
+    policies = trigger_pb2.Policies(notify_url=f"{peer.url}/notify")
+    fire_id = await executor.fire("signed", "", policies=policies, http_url=f"{peer.url}/agent")
+    ended = await executor.ended(fire_id)
+    assert ended.type == "run.completed"
+    run = (await executor.client.runs.GetRun(run_service_pb2.GetRunRequest(name=ended.run))).run
+    assert run.output.struct_value["answer"] == 42
+
+    [(envelope, headers)] = peer.agent_calls
+    assert (envelope["run"], envelope["fire_id"], envelope["attempt"]) == (ended.run, fire_id, 1)
+    assert headers["webhook-id"] == f"{ended.run}/1"
+
+    expected = ["trigger.fired", "run.started", "run.completed"]
+    await peer.wait(lambda: len(peer.notifications) == len(expected) + 1)
+    ids = [webhook_id for webhook_id, _ in peer.notifications]
+    assert ids[0] == ids[1], "the callback answered 503 is retried with the same webhook-id"
+    events = [event for _, event in peer.notifications[1:]]
+    assert [event["type"] for event in events] == expected
+    assert {(event["fire_id"], event["source"]) for event in events} == {(fire_id, "AUTOMATION")}
+    assert events[-1]["run"] == ended.run
+
+    gone = trigger_pb2.Policies(notify_url=f"{peer.url}/gone")
+    for _ in range(2):
+        fire_id = await executor.fire("gone", "kairos.testing_agents:noop", policies=gone)
+        assert (await executor.ended(fire_id)).type == "run.completed"
+    assert [event["type"] for event in peer.gone_calls] == ["trigger.fired"]
+
+
+async def test_http_agent_5xx_is_retried_and_4xx_fails_at_once_into_the_dead_letters(
+    executor: Executor, peer: Peer
+) -> None:
+    retry = trigger_pb2.Policies(retry=fast_retry(3))
+    flaky = await executor.fire("flaky-http", "", policies=retry, http_url=f"{peer.url}/flaky-agent")
+    ended = await executor.ended(flaky)
+    assert (ended.type, ended.attempt) == ("run.completed", 2)
+    assert [call["attempt"] for call in peer.flaky_calls] == [1, 2]
+
+    refused = await executor.fire("refused-http", "", policies=retry, http_url=f"{peer.url}/refusing-agent")
+    failed = await executor.ended(refused)
+    assert (failed.type, failed.attempt) == ("run.failed", 1)
+    assert "422" in failed.error_message
+    js = executor.suite.runtime.js
+    dead = await js.get_last_msg(
+        messaging.DEAD_LETTERS_STREAM, messaging.dead_letter_subject(WORKSPACE, "refused-http")
+    )
+    assert dead.headers["Kairos-Attempts"] == "1"
+
+
+async def test_workspace_concurrency_limit_holds_a_run_until_another_ends(executor: Executor) -> None:
+    held = executor.holding()
+    await held.start()
+    agent = "kairos.testing_agents:wait_for_release"
+    first = await executor.fire("one", agent, run_input=held.input)
+    await held.next_ready()
+    second = await executor.fire("two", agent, run_input=held.input)
+    queued = await executor.wait_event(lambda e: e.fire_id == second and e.type == "run.queued")
+    assert queued.status == Status.RUN_STATUS_PENDING
+    await held.release()
+    assert (await executor.ended(first)).type == "run.completed"
+    assert json.dumps(await held.next_ready())
+    await held.release()
+    assert (await executor.ended(second)).type == "run.completed"
