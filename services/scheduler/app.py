@@ -1,42 +1,76 @@
-"""Composition root of the scheduler: follows the trigger change feed and runs the timer heap."""
+"""Composition root of the scheduler: follows the trigger change feed, holds shard leases, runs the timer heap."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
 
 from kairos.core.auth import require_admin
-from kairos.core.feed import KvMirror
-from kairos.core.names import new_id
+from kairos.core.messaging import TRIGGERS_BUCKET
 from kairos.core.runtime import Runtime
+from kairos.scheduler.config import SchedulerConfig
 from kairos.scheduler.engine import SchedulerEngine
-from kairos.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc, trigger_pb2
+from kairos.scheduler.shards import LEASE_TTL_S, ShardLeases
+from kairos.scheduler.state import SchedulerState, follow_bucket
+from kairos.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
+
+
+def engine_status(engine: SchedulerEngine) -> dict[str, Any]:
+    p50, p99 = engine.lag_percentiles()
+    return {
+        "scheduled_triggers": engine.scheduled_triggers,
+        "fire_lag_p50_ms": p50,
+        "fire_lag_p99_ms": p99,
+        "fires_published": engine.fires_published,
+        "skipped_fires": engine.skipped_fires,
+    }
+
+
+def replica_message(status: dict[str, Any]) -> scheduler_service_pb2.SchedulerReplica:
+    replica = scheduler_service_pb2.SchedulerReplica(
+        id=status["id"],
+        shards=status.get("shards", []),
+        scheduled_triggers=status.get("scheduled_triggers", 0),
+        fire_lag_p50_ms=status.get("fire_lag_p50_ms", 0.0),
+        fire_lag_p99_ms=status.get("fire_lag_p99_ms", 0.0),
+        fires_published=status.get("fires_published", 0),
+    )
+    replica.heartbeat_time.FromDatetime(datetime.fromisoformat(status["time"]))
+    return replica
 
 
 class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, engine: SchedulerEngine) -> None:
-        self._engine = engine
+    def __init__(self, state: SchedulerState, leases: ShardLeases) -> None:
+        self._state = state
+        self._leases = leases
 
     async def GetSchedulerStatus(self, request, context):
         require_admin()
-        p50, p99 = self._engine.lag_percentiles()
-        replica = scheduler_service_pb2.SchedulerReplica(
-            id=self._engine.replica_id,
-            scheduled_triggers=self._engine.scheduled_triggers,
-            fire_lag_p50_ms=p50,
-            fire_lag_p99_ms=p99,
-            fires_published=self._engine.fires_published,
-        )
-        replica.heartbeat_time.GetCurrentTime()
-        return scheduler_service_pb2.GetSchedulerStatusResponse(replicas=[replica])
+        live = self._state.live_replicas(LEASE_TTL_S)
+        replicas = [replica_message(status) for replica_id, status in sorted(live.items())]
+        return scheduler_service_pb2.GetSchedulerStatusResponse(replicas=replicas)
 
 
 async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
-    engine = SchedulerEngine(runtime.js, runtime.buckets.scheduler, replica_id=new_id("sched"))
+    state = SchedulerState(runtime.js, runtime.buckets.scheduler)
+    await state.start()
+    stack.push_async_callback(state.stop)
+
+    engine = SchedulerEngine(runtime.nats, runtime.js, state, replica_id=SchedulerConfig.from_env().replica_id)
+    triggers_loaded = asyncio.Event()
+    feed = await follow_bucket(runtime.js, TRIGGERS_BUCKET, engine.on_trigger, triggers_loaded)
+    stack.push_async_callback(feed.unsubscribe)
+    await triggers_loaded.wait()
     await engine.start()
     stack.push_async_callback(engine.stop)
-    triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(runtime.buckets.triggers, trigger_pb2.Trigger, engine.on_change)
-    await triggers.start()
-    stack.push_async_callback(triggers.stop)
 
-    scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(engine), runtime.grpc.server)
+    leases = ShardLeases(state, engine, lambda: engine_status(engine))
+    await leases.start()
+    stack.push_async_callback(leases.stop)
+
+    scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        SchedulerServicer(state, leases), runtime.grpc.server
+    )
     runtime.grpc.add("kairos.v1.SchedulerService")

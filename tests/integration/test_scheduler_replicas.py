@@ -1,0 +1,273 @@
+"""Scheduler replicas as separate processes: three `python -m kairos.scheduler` share the shards, one is killed
+with SIGKILL while triggers fire every second; its triggers fire from another replica within 10 s, and over
+the whole time range every fire id has exactly one message on KAIROS_FIRES and exactly one run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import nats
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.api import DeliverPolicy
+
+from kairos.client import KairosClient, schedule_trigger
+from kairos.core import messaging
+from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.core.schedule import compile_schedule
+from kairos.scheduler.engine import NUM_SHARDS, fire_id, shard_of
+from kairos.scheduler.state import REPLICA_PREFIX
+from kairos.v1 import (
+    fire_pb2,
+    run_pb2,
+    run_service_pb2,
+    scheduler_service_pb2,
+    trigger_pb2,
+    trigger_service_pb2,
+    workspace_pb2,
+    workspace_service_pb2,
+)
+
+READY_TIMEOUT_S = 60
+REPLICAS = 3
+TRIGGERS = 6
+TAKEOVER_LIMIT = timedelta(seconds=10)
+
+
+@dataclass
+class Cluster:
+    nats_url: str
+    admin_key: str
+    registry_port: int
+    executor_port: int
+    schedulers: dict[int, asyncio.subprocess.Process]
+    replica_ids: dict[int, str]
+    logs: Path
+
+    def client(self, api_key: str, scheduler_port: int | None = None) -> KairosClient:
+        targets = {"runs": f"127.0.0.1:{self.executor_port}"}
+        if scheduler_port is not None:
+            targets["scheduler"] = f"127.0.0.1:{scheduler_port}"
+        return KairosClient(f"127.0.0.1:{self.registry_port}", api_key, targets=targets)
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.logs.glob("*.log")))
+
+
+async def wait_serving(port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=READY_TIMEOUT_S
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    admin_key = secrets.token_urlsafe(24)
+    async with AsyncExitStack() as stack:
+        nats_server = await stack.enter_async_context(EmbeddedNatsServer(tmp_path / "nats"))
+        processes: list[asyncio.subprocess.Process] = []
+
+        async def launch(service: str, label: str, port: int) -> asyncio.subprocess.Process:
+            env = {
+                "KAIROS_SCHEDULER_REPLICA_ID": label,
+                **os.environ,
+                "KAIROS_NATS_URL": nats_server.url,
+                "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}",
+                "KAIROS_GRPC_PORT": str(port),
+                "KAIROS_HTTP_PORT": str(free_port()),
+                "KAIROS_ADMIN_KEY": admin_key,
+            }
+            log = (logs / f"{label}.log").open("wb")
+            stack.callback(log.close)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"kairos.{service}", env=env, stdout=log, stderr=log
+            )
+            processes.append(process)
+            return process
+
+        registry_port, executor_port = free_port(), free_port()
+        await launch("registry", "registry", registry_port)
+        await launch("executor", "executor", executor_port)
+        schedulers, replica_ids = {}, {}
+        for index in range(REPLICAS):
+            port = free_port()
+            replica_ids[port] = f"scheduler-{index}"
+            schedulers[port] = await launch("scheduler", replica_ids[port], port)
+        result = Cluster(nats_server.url, admin_key, registry_port, executor_port, schedulers, replica_ids, logs)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.gather(*(wait_serving(port) for port in (registry_port, executor_port, *schedulers)))
+            yield result
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    async with asyncio.timeout(20):
+                        await process.wait()
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def scheduler_status(cluster: Cluster, port: int) -> list[scheduler_service_pb2.SchedulerReplica]:
+    async with cluster.client(cluster.admin_key, port) as admin:
+        response = await admin.scheduler.GetSchedulerStatus(scheduler_service_pb2.GetSchedulerStatusRequest())
+    return list(response.replicas)
+
+
+async def wait_balanced(cluster: Cluster, port: int, replicas: int) -> list[scheduler_service_pb2.SchedulerReplica]:
+    """Re-reads the status RPC whenever a replica heartbeat (which carries its shards) changes in KV, until the
+    shards are split evenly among `replicas` live replicas. Callers bound it with asyncio.timeout."""
+    fair = -(-NUM_SHARDS // replicas)
+    watcher_client = await nats.connect(cluster.nats_url)
+    bucket = await watcher_client.jetstream().key_value(messaging.SCHEDULER_BUCKET)
+    heartbeats = await bucket.watch(f"{REPLICA_PREFIX}*")
+    try:
+        while True:
+            status = await scheduler_status(cluster, port)
+            shards = [shard for replica in status for shard in replica.shards]
+            if (
+                len(status) == replicas
+                and sorted(shards) == list(range(NUM_SHARDS))
+                and all(fair - replicas <= len(replica.shards) <= fair for replica in status)
+            ):
+                return status
+            await heartbeats.updates(timeout=30)
+    finally:
+        await heartbeats.stop()
+        await watcher_client.close()
+
+
+async def test_killed_replica_shards_move_and_every_fire_runs_exactly_once(cluster: Cluster) -> None:
+    async with cluster.client(cluster.admin_key) as admin:
+        await admin.workspaces.CreateWorkspace(
+            workspace_service_pb2.CreateWorkspaceRequest(workspace=workspace_pb2.Workspace(name="workspaces/acme"))
+        )
+        key = (
+            await admin.workspaces.CreateApiKey(workspace_service_pb2.CreateApiKeyRequest(parent="workspaces/acme"))
+        ).key
+    a_port = next(iter(cluster.schedulers))
+    async with asyncio.timeout(30):
+        status = await wait_balanced(cluster, a_port, REPLICAS)
+    tracer = await nats.connect(cluster.nats_url)
+    traces = await tracer.subscribe("kairos.trace.acme.>")
+    completed: Counter[str] = Counter()
+    try:
+        async with cluster.client(key) as kairos:
+            triggers = []
+            for _ in range(TRIGGERS):
+                trigger = schedule_trigger(every=timedelta(seconds=1), prompt="tick")
+                trigger.policies.overlap = trigger_pb2.OverlapPolicy.OVERLAP_POLICY_ALLOW
+                created = await kairos.triggers.CreateTrigger(trigger_service_pb2.CreateTriggerRequest(trigger=trigger))
+                triggers.append(created.trigger)
+            keys = {t.name: f"acme.{t.name.rsplit('/', 1)[1]}" for t in triggers}
+            owner = {shard: replica.id for replica in status for shard in replica.shards}
+            held = Counter(owner[shard_of(keys[t.name])] for t in triggers)
+            victim_id = held.most_common(1)[0][0]
+            victim_triggers = {t.name for t in triggers if owner[shard_of(keys[t.name])] == victim_id}
+            victim_port = next(port for port, replica_id in cluster.replica_ids.items() if replica_id == victim_id)
+            survivor_port = next(port for port in cluster.schedulers if port != victim_port)
+
+            async def next_completed(predicate) -> run_pb2.TraceEvent:
+                async for message in traces.messages:
+                    event = run_pb2.TraceEvent.FromString(message.data)
+                    if event.type == "run.completed":
+                        completed[event.fire_id] += 1
+                        if predicate(event):
+                            return event
+                raise AssertionError("trace subscription ended")
+
+            async with asyncio.timeout(20):
+                first = await next_completed(lambda e: e.trigger in victim_triggers)
+            range_start = _instant(first.fire_id) + timedelta(seconds=1)
+            async with asyncio.timeout(20):
+                await next_completed(lambda e: _instant(e.fire_id) >= range_start + timedelta(seconds=2))
+
+            cluster.schedulers[victim_port].send_signal(signal.SIGKILL)
+            killed_at = datetime.now(UTC)
+            async with asyncio.timeout(30):
+                taken_over = await next_completed(
+                    lambda e: e.trigger in victim_triggers and _instant(e.fire_id) > killed_at
+                )
+            run = (await kairos.runs.GetRun(run_service_pb2.GetRunRequest(name=taken_over.run))).run
+            assert run.fire_time.ToDatetime(UTC) - killed_at < TAKEOVER_LIMIT, (killed_at, run)
+            range_end = _instant(taken_over.fire_id) + timedelta(seconds=2)
+
+            expected = {
+                t.name: [
+                    fire_id(t.name, instant)
+                    for instant in compile_schedule(
+                        t.source.schedule, anchor=t.create_time.ToDatetime(UTC)
+                    ).fires_between(range_start, range_end)
+                ]
+                for t in triggers
+            }
+            wanted = {fid for fids in expected.values() for fid in fids}
+            async with asyncio.timeout(30):
+                while not wanted <= set(completed):
+                    await next_completed(lambda e: e.fire_id in wanted)
+
+            for trigger in triggers:
+                runs = await _all_runs(kairos, trigger.name)
+                per_fire = Counter(r.fire_id for r in runs)
+                for fid in expected[trigger.name]:
+                    assert per_fire[fid] == 1, (fid, per_fire[fid], cluster.log_tail())
+        assert all(completed[fid] == 1 for fid in wanted), {fid: completed[fid] for fid in wanted}
+
+        published = await _fires_on_stream(tracer)
+        assert all(published[fid] == 1 for fid in wanted), {fid: published[fid] for fid in wanted}
+        assert max(published.values()) == 1
+
+        async with asyncio.timeout(30):
+            after = await wait_balanced(cluster, survivor_port, REPLICAS - 1)
+        assert victim_id not in {replica.id for replica in after}
+    finally:
+        await tracer.close()
+
+
+def _instant(fire: str) -> datetime:
+    return datetime.fromisoformat(fire.rsplit("@", 1)[1])
+
+
+async def _all_runs(kairos: KairosClient, parent: str) -> list[run_pb2.Run]:
+    runs: list[run_pb2.Run] = []
+    token = ""
+    while True:
+        page = await kairos.runs.ListRuns(
+            run_service_pb2.ListRunsRequest(parent=parent, page_size=1000, page_token=token)
+        )
+        runs.extend(page.runs)
+        token = page.next_page_token
+        if not token:
+            return runs
+
+
+async def _fires_on_stream(nc: nats.NATS) -> Counter[str]:
+    """How many messages KAIROS_FIRES holds per fire id (Msg-Id de-duplication makes each 1)."""
+    js = nc.jetstream()
+    info = await js.stream_info("KAIROS_FIRES")
+    subscription = await js.subscribe("kairos.fire.acme.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    counts: Counter[str] = Counter()
+    async with asyncio.timeout(30):
+        for _ in range(info.state.messages):
+            message = await subscription.next_msg(timeout=10)
+            counts[fire_pb2.FireRequest.FromString(message.data).fire_id] += 1
+    await subscription.unsubscribe()
+    return counts
