@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -27,6 +28,14 @@ import structlog
 log = structlog.get_logger(__name__)
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM when the parent dies, so a killed `kairos dev` or test
+    never leaves its nats-server behind (its own session keeps it from the terminal's Ctrl-C)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 BINARY_NAME = "nats-server"
 LOG_FILE_NAME = "nats-server.log"
@@ -234,6 +243,7 @@ class EmbeddedNatsServer:
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches `kairos dev`, which stops NATS last
+            preexec_fn=_terminate_with_parent,
         )
 
     async def _wait_ready(self, log_offset: int) -> None:
