@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js import JetStreamContext
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Select, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -76,6 +76,31 @@ def decode_page_token(token: str, parts: int) -> list[str]:
     if len(values) != parts:
         raise invalid_argument("INVALID_PAGE_TOKEN", "page_token", "is not a token this service issued")
     return values
+
+
+def check_update_mask(mask: field_mask_pb2.FieldMask, updatable: tuple[str, ...], *, whole_fields: bool = True) -> None:
+    """INVALID_ARGUMENT unless the mask names fields and each is updatable (by its first segment when
+    `whole_fields`, e.g. `action.prompt` under `action`; else exactly)."""
+    if not mask.paths:
+        raise invalid_argument("MISSING_UPDATE_MASK", "update_mask", "name the fields to update")
+    for path in mask.paths:
+        if (path.split(".")[0] if whole_fields else path) not in updatable:
+            raise invalid_argument(
+                "INVALID_UPDATE_MASK", "update_mask", f"{path!r} cannot be updated; use {', '.join(updatable)}"
+            )
+
+
+async def page_by_id(session: AsyncSession, query: Select, id_column, size: int, token: str) -> tuple[list, str]:
+    """One page of `query` in ascending id order, and the token of the next page ("" on the last)."""
+    limit = page_size(size)
+    if token:
+        (last_id,) = decode_page_token(token, 1)
+        query = query.where(id_column > last_id)
+    rows = list((await session.scalars(query.order_by(id_column).limit(limit + 1))).all())
+    if len(rows) <= limit:
+        return rows, ""
+    rows = rows[:limit]
+    return rows, encode_page_token(rows[-1].id)
 
 
 def timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
@@ -302,15 +327,7 @@ class TriggerRegistry:
         return trigger
 
     async def update(self, name: TriggerName, patch: trigger_pb2.Trigger, mask: field_mask_pb2.FieldMask):
-        if not mask.paths:
-            raise invalid_argument("MISSING_UPDATE_MASK", "update_mask", "name the fields to update")
-        for path in mask.paths:
-            if path.split(".")[0] not in UPDATABLE_PATHS:
-                raise invalid_argument(
-                    "INVALID_UPDATE_MASK",
-                    "update_mask",
-                    f"{path!r} cannot be updated; use {', '.join(UPDATABLE_PATHS)}",
-                )
+        check_update_mask(mask, UPDATABLE_PATHS)
         if not mask.IsValidForDescriptor(trigger_pb2.Trigger.DESCRIPTOR):
             raise invalid_argument("INVALID_UPDATE_MASK", "update_mask", "names a field Trigger does not have")
 

@@ -19,7 +19,7 @@ from kairos.core.names import TriggerName, WebhookName, new_id, parse_trigger
 from kairos.core.sealing import Sealer
 from kairos.registry import outbox
 from kairos.registry.models import TriggerRow, WebhookCredentialRow, WebhookRow
-from kairos.registry.triggers import decode_page_token, encode_page_token, page_size, timestamp
+from kairos.registry.triggers import check_update_mask, page_by_id, timestamp
 from kairos.registry.validation import validate_webhook
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
 
@@ -171,32 +171,16 @@ class WebhookRegistry:
             return await self._view(session, await self._row(session, name))
 
     async def list(self, workspace_id: str, size: int, token: str, trigger: str) -> tuple[list, str]:
-        limit = page_size(size)
         query = select(WebhookRow).where(WebhookRow.workspace_id == workspace_id)
         if trigger:
             query = query.where(WebhookRow.trigger_id == parse_trigger(trigger, "trigger").trigger)
-        if token:
-            (last_id,) = decode_page_token(token, 1)
-            query = query.where(WebhookRow.id > last_id)
         async with self._sessions() as session:
-            rows = (await session.scalars(query.order_by(WebhookRow.id).limit(limit + 1))).all()
-            next_token = ""
-            if len(rows) > limit:
-                rows = rows[:limit]
-                next_token = encode_page_token(rows[-1].id)
+            rows, next_token = await page_by_id(session, query, WebhookRow.id, size, token)
             views = [await self._view(session, row) for row in rows]
         return views, next_token
 
     async def update(self, name: WebhookName, patch: webhook_pb2.Webhook, mask: field_mask_pb2.FieldMask):
-        if not mask.paths:
-            raise invalid_argument("MISSING_UPDATE_MASK", "update_mask", "name the fields to update")
-        for path in mask.paths:
-            if path.split(".")[0] not in UPDATABLE_PATHS:
-                raise invalid_argument(
-                    "INVALID_UPDATE_MASK",
-                    "update_mask",
-                    f"{path!r} cannot be updated; use {', '.join(UPDATABLE_PATHS)}",
-                )
+        check_update_mask(mask, UPDATABLE_PATHS)
         async with self._sessions() as session:
             row = await self._row(session, name)
             webhook = webhook_pb2.Webhook.FromString(row.body)

@@ -16,7 +16,7 @@ from kairos.core.errors import KairosError, aborted, invalid_argument, not_found
 from kairos.core.names import WORKSPACE_ID, new_id
 from kairos.registry import outbox
 from kairos.registry.models import ApiKeyRow, WorkspaceRow
-from kairos.registry.triggers import decode_page_token, encode_page_token, page_size, timestamp
+from kairos.registry.triggers import check_update_mask, page_by_id, timestamp
 from kairos.v1 import feed_pb2, workspace_pb2
 
 UPDATABLE_WORKSPACE_PATHS = (
@@ -97,17 +97,8 @@ class WorkspaceRegistry:
         return _workspace_view(row)
 
     async def list_workspaces(self, size: int, token: str) -> tuple[list[workspace_pb2.Workspace], str]:
-        limit = page_size(size)
-        query = select(WorkspaceRow).order_by(WorkspaceRow.id).limit(limit + 1)
-        if token:
-            (last_id,) = decode_page_token(token, 1)
-            query = query.where(WorkspaceRow.id > last_id)
         async with self._sessions() as session:
-            rows = (await session.scalars(query)).all()
-        next_token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_token = encode_page_token(rows[-1].id)
+            rows, next_token = await page_by_id(session, select(WorkspaceRow), WorkspaceRow.id, size, token)
         return [_workspace_view(row) for row in rows], next_token
 
     async def update_workspace(
@@ -115,15 +106,7 @@ class WorkspaceRegistry:
     ) -> workspace_pb2.Workspace:
         """Changes the display name and quotas. A quota lowered below the current count refuses further creates
         of that kind; existing triggers stay."""
-        if not mask.paths:
-            raise invalid_argument("MISSING_UPDATE_MASK", "update_mask", "name the fields to update")
-        for path in mask.paths:
-            if path not in UPDATABLE_WORKSPACE_PATHS:
-                raise invalid_argument(
-                    "INVALID_UPDATE_MASK",
-                    "update_mask",
-                    f"{path!r} cannot be updated; use {', '.join(UPDATABLE_WORKSPACE_PATHS)}",
-                )
+        check_update_mask(mask, UPDATABLE_WORKSPACE_PATHS, whole_fields=False)
         async with self._sessions() as session:
             row = await session.get(WorkspaceRow, workspace_id)
             if row is None:
@@ -188,17 +171,9 @@ class WorkspaceRegistry:
         return view, key
 
     async def list_api_keys(self, workspace_id: str, size: int, token: str) -> tuple[list[workspace_pb2.ApiKey], str]:
-        limit = page_size(size)
-        query = select(ApiKeyRow).where(ApiKeyRow.workspace_id == workspace_id).order_by(ApiKeyRow.id).limit(limit + 1)
-        if token:
-            (last_id,) = decode_page_token(token, 1)
-            query = query.where(ApiKeyRow.id > last_id)
+        query = select(ApiKeyRow).where(ApiKeyRow.workspace_id == workspace_id)
         async with self._sessions() as session:
-            rows = (await session.scalars(query)).all()
-        next_token = ""
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_token = encode_page_token(rows[-1].id)
+            rows, next_token = await page_by_id(session, query, ApiKeyRow.id, size, token)
         return [_key_view(row) for row in rows], next_token
 
     async def delete_api_key(self, workspace_id: str, key_id: str) -> None:
