@@ -37,6 +37,7 @@ def _terminate_with_parent() -> None:
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
+
 BINARY_NAME = "nats-server"
 LOG_FILE_NAME = "nats-server.log"
 DEFAULT_START_TIMEOUT_S = 15.0
