@@ -5,14 +5,13 @@ workspace used. Against the whole suite in-process (real NATS, SQLite and Postgr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import orjson
 from google.protobuf import json_format, struct_pb2
 
 from kairos.client import event_trigger
 from kairos.core import messaging
+from kairos.devtools.suite import traces_of
 from kairos.ingress.events import EventTypeCatalog
 from kairos.v1 import (
     event_service_pb2,
@@ -23,42 +22,6 @@ from kairos.v1 import (
 )
 
 RUN_TIMEOUT_S = 15.0
-
-
-class Traces:
-    """The executor's trace events of one workspace, collected from the moment of subscribing."""
-
-    def __init__(self, nc) -> None:
-        self.nc = nc
-        self.events: list[run_pb2.TraceEvent] = []
-        self._changed = asyncio.Event()
-
-    async def on_message(self, message) -> None:
-        self.events.append(run_pb2.TraceEvent.FromString(message.data))
-        self._changed.set()
-
-    async def run_ended(self, fire_id: str) -> run_pb2.TraceEvent:
-        """The end event of the run of `fire_id`; fails unless it completed."""
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            while True:
-                for event in self.events:
-                    if event.fire_id == fire_id and event.type in ("run.completed", "run.failed", "run.cancelled"):
-                        assert event.type == "run.completed", event
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@asynccontextmanager
-async def traces_of(suite, workspace: str) -> AsyncIterator[Traces]:
-    nc = await messaging.connect(suite.nats.url, "test-events-traces")
-    traces = Traces(nc)
-    try:
-        await nc.subscribe(f"{messaging.TRACE_SUBJECT_PREFIX}.{workspace}.>", cb=traces.on_message)
-        await nc.flush()
-        yield traces
-    finally:
-        await nc.close()
 
 
 async def create(kairos, trigger: trigger_pb2.Trigger) -> trigger_pb2.Trigger:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +26,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb
 
 from kairos.client import KairosClient, error_details, event_trigger, schedule_trigger, webhook_trigger
 from kairos.client.builders import action
-from kairos.core import messaging
+from kairos.devtools.suite import traces_of
 from kairos.v1 import (
     feed_pb2,
     run_pb2,
@@ -40,7 +39,6 @@ from kairos.v1 import (
     workspace_service_pb2,
 )
 
-RUN_TIMEOUT_S = 15.0
 FEED_TIMEOUT_S = 5.0
 NEW_YORK = ZoneInfo("America/New_York")
 WEEKDAYS_AT_NINE = "0 9 * * 1-5"
@@ -139,47 +137,6 @@ async def new_workspace_with_quota(suite, workspace: str, quota: workspace_pb2.W
             workspace_service_pb2.CreateApiKeyRequest(parent=f"workspaces/{workspace}")
         )
     return created.workspace, key.key
-
-
-class Traces:
-    """Every TraceEvent the executor publishes for one workspace, collected from the moment of subscribing."""
-
-    def __init__(self) -> None:
-        self.events: list[run_pb2.TraceEvent] = []
-        self._changed = asyncio.Event()
-
-    async def on_message(self, message) -> None:
-        self.events.append(run_pb2.TraceEvent.FromString(message.data))
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[run_pb2.TraceEvent], bool]) -> run_pb2.TraceEvent:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def run_ended(self, fire_id: str) -> run_pb2.TraceEvent:
-        """The end event of the run of `fire_id`; fails unless it completed."""
-        ended = await self.wait_for(
-            lambda e: e.fire_id == fire_id and e.type in ("run.completed", "run.failed", "run.cancelled")
-        )
-        assert ended.type == "run.completed", ended
-        return ended
-
-
-@asynccontextmanager
-async def traces_of(suite, workspace: str) -> AsyncIterator[Traces]:
-    nc = await messaging.connect(suite.nats.url, "test-registry-traces")
-    traces = Traces()
-    try:
-        await nc.subscribe(f"{messaging.TRACE_SUBJECT_PREFIX}.{workspace}.>", cb=traces.on_message)
-        await nc.flush()
-        yield traces
-    finally:
-        await nc.close()
 
 
 class IngressWebhooks:

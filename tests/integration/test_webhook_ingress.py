@@ -10,16 +10,14 @@ Runs are awaited on the executor's trace events (NATS), each wait bounded; nothi
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import httpx
 from google.protobuf import json_format
 
 from kairos.client import KairosClient, webhook_trigger
 from kairos.core import messaging
+from kairos.devtools.suite import traces_of
 from kairos.v1 import (
     run_pb2,
     run_service_pb2,
@@ -28,51 +26,8 @@ from kairos.v1 import (
     webhook_service_pb2,
 )
 
-RUN_TIMEOUT_S = 15.0
 MAX_BODY = 1 << 20
 Mode = webhook_pb2.WebhookAuthMode
-
-
-class Traces:
-    """Every TraceEvent the executor publishes for one workspace, collected from the moment of subscribing."""
-
-    def __init__(self, nc) -> None:
-        self.nc = nc
-        self.events: list[run_pb2.TraceEvent] = []
-        self._changed = asyncio.Event()
-
-    async def on_message(self, message) -> None:
-        self.events.append(run_pb2.TraceEvent.FromString(message.data))
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[run_pb2.TraceEvent], bool]) -> run_pb2.TraceEvent:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def run_ended(self, fire_id: str) -> run_pb2.TraceEvent:
-        """The end event of the run of `fire_id`; fails unless it completed."""
-        ended = await self.wait_for(
-            lambda e: e.fire_id == fire_id and e.type in ("run.completed", "run.failed", "run.cancelled")
-        )
-        assert ended.type == "run.completed", ended
-        return ended
-
-
-@asynccontextmanager
-async def traces_of(suite, workspace: str) -> AsyncIterator[Traces]:
-    nc = await messaging.connect(suite.nats.url, "test-ingress-traces")
-    traces = Traces(nc)
-    try:
-        await nc.subscribe(f"{messaging.TRACE_SUBJECT_PREFIX}.{workspace}.>", cb=traces.on_message)
-        await nc.flush()
-        yield traces
-    finally:
-        await nc.close()
 
 
 async def create_webhook(kairos: KairosClient, trigger: str, **fields) -> tuple[webhook_pb2.Webhook, str]:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from kairos.client import KairosClient
+from kairos.core import messaging
 from kairos.core.config import ServiceConfig
 from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
-from kairos.v1 import workspace_pb2, workspace_service_pb2
+from kairos.v1 import run_pb2, workspace_pb2, workspace_service_pb2
 
 
 @dataclass
@@ -85,3 +86,49 @@ async def running_suite(
         finally:
             stop.set()
             await task
+
+
+TRACE_TIMEOUT_S = 15.0
+
+
+class Traces:
+    """Every TraceEvent the executor publishes for one workspace, collected from the moment of subscribing."""
+
+    def __init__(self, nc) -> None:
+        self.nc = nc
+        self.events: list[run_pb2.TraceEvent] = []
+        self._changed = asyncio.Event()
+
+    async def on_message(self, message) -> None:
+        self.events.append(run_pb2.TraceEvent.FromString(message.data))
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[run_pb2.TraceEvent], bool]) -> run_pb2.TraceEvent:
+        async with asyncio.timeout(TRACE_TIMEOUT_S):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def run_ended(self, fire_id: str) -> run_pb2.TraceEvent:
+        """The end event of the run of `fire_id`; fails unless it completed."""
+        ended = await self.wait_for(
+            lambda e: e.fire_id == fire_id and e.type in ("run.completed", "run.failed", "run.cancelled")
+        )
+        assert ended.type == "run.completed", ended
+        return ended
+
+
+@asynccontextmanager
+async def traces_of(suite: Suite, workspace: str) -> AsyncIterator[Traces]:
+    """Collects the workspace's trace events while the block runs."""
+    nc = await messaging.connect(suite.nats.url, f"test-traces-{workspace}")
+    traces = Traces(nc)
+    try:
+        await nc.subscribe(f"{messaging.TRACE_SUBJECT_PREFIX}.{workspace}.>", cb=traces.on_message)
+        await nc.flush()
+        yield traces
+    finally:
+        await nc.close()
