@@ -20,13 +20,12 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.client import KairosClient, webhook_trigger
 from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.devtools.suite import wait_serving
 from kairos.v1 import (
     fire_pb2,
     run_pb2,
@@ -82,10 +81,8 @@ async def _start(
 
     stack.push_async_callback(stop)
     address = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(address) as channel:
-        await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=READY_TIMEOUT_S
-        )
+    if not await wait_serving(address, READY_TIMEOUT_S):
+        raise RuntimeError(f"{address} did not become SERVING")
     return process, address
 
 

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.devtools.suite import wait_serving
 from kairos.v1 import trigger_service_pb2, workspace_pb2, workspace_service_pb2
 
 FIGURES = (
@@ -74,10 +75,8 @@ async def _start_registry(data: Path, nats_url: str, admin_key: str) -> tuple[as
     )
     log.close()
     address = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(address) as channel:
-        await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=READY_TIMEOUT_S
-        )
+    if not await wait_serving(address, READY_TIMEOUT_S):
+        raise RuntimeError(f"{address} did not become SERVING")
     return process, address
 
 

@@ -19,13 +19,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import grpc
 import pytest_asyncio
 from google.protobuf import duration_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.devtools.suite import wait_serving
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
 
 TIMEOUT_S = 60.0
@@ -59,11 +58,7 @@ class Executors:
             sys.executable, "-m", "kairos.executor", env=env, stdout=log, stderr=log
         )
         self.running.append(process)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=TIMEOUT_S
-            )
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        assert await wait_serving(f"127.0.0.1:{port}", TIMEOUT_S)
         return process
 
     def log_tail(self) -> str:

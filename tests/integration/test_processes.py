@@ -20,11 +20,11 @@ import httpx
 import nats
 import pytest_asyncio
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger, webhook_trigger
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.devtools.suite import wait_serving
 from kairos.v1 import (
     run_pb2,
     run_service_pb2,
@@ -64,12 +64,8 @@ class Processes:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
 
 
-async def wait_serving(port: int) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        response = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=READY_TIMEOUT_S
-        )
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
+async def wait_serving_on(port: int) -> None:
+    assert await wait_serving(f"127.0.0.1:{port}", READY_TIMEOUT_S)
 
 
 @pytest_asyncio.fixture
@@ -100,7 +96,7 @@ async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
         result = Processes(ports, http_port, admin_key, nats_server.url, logs)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.gather(*(wait_serving(port) for port in ports.values()))
+                await asyncio.gather(*(wait_serving_on(port) for port in ports.values()))
             yield result
         finally:
             for process in running.values():

@@ -19,19 +19,17 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import grpc
 import nats
 import nats.js.errors
 import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger
 from kairos.core import messaging
 from kairos.core.feed import KvMirror
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
-from kairos.devtools.suite import Suite, running_suite
+from kairos.devtools.suite import Suite, running_suite, wait_serving
 from kairos.v1 import trigger_pb2, trigger_service_pb2, workspace_pb2, workspace_service_pb2
 
 # The issue promises that watchers learn of a change "within a second". The registry publishes before it answers,
@@ -132,11 +130,7 @@ class RegistryProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kairos.registry", env=self.env, stdout=log, stderr=log
             )
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=PROCESS_TIMEOUT_S
-            )
-        assert response.status == health_pb2.HealthCheckResponse.SERVING, self.log_tail()
+        assert await wait_serving(self.address, PROCESS_TIMEOUT_S), self.log_tail()
 
     async def kill(self) -> None:
         assert self.process is not None

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import nats
 import pytest_asyncio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.api import DeliverPolicy
 
 from kairos.client import KairosClient, schedule_trigger
 from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.schedule import compile_schedule
+from kairos.devtools.suite import wait_serving
 from kairos.scheduler.engine import NUM_SHARDS, fire_id, shard_of
 from kairos.scheduler.state import REPLICA_PREFIX
 from kairos.v1 import (
@@ -65,12 +64,8 @@ class Cluster:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.logs.glob("*.log")))
 
 
-async def wait_serving(port: int) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        response = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=READY_TIMEOUT_S
-        )
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
+async def wait_serving_on(port: int) -> None:
+    assert await wait_serving(f"127.0.0.1:{port}", READY_TIMEOUT_S)
 
 
 @pytest_asyncio.fixture
@@ -111,7 +106,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         result = Cluster(nats_server.url, admin_key, registry_port, executor_port, schedulers, replica_ids, logs)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.gather(*(wait_serving(port) for port in (registry_port, executor_port, *schedulers)))
+                await asyncio.gather(*(wait_serving_on(port) for port in (registry_port, executor_port, *schedulers)))
             yield result
         finally:
             for process in processes:

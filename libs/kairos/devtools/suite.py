@@ -9,6 +9,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from kairos.client import KairosClient
 from kairos.core import messaging
 from kairos.core.config import ServiceConfig
@@ -132,3 +135,12 @@ async def traces_of(suite: Suite, workspace: str) -> AsyncIterator[Traces]:
         yield traces
     finally:
         await nc.close()
+
+
+async def wait_serving(address: str, timeout: float) -> bool:
+    """Waits (at most `timeout` s) until the gRPC server at `address` answers a health check; True if SERVING."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=timeout
+        )
+    return response.status == health_pb2.HealthCheckResponse.SERVING
