@@ -7,7 +7,6 @@ daily cap and the workspace concurrency limit hold across any number of executor
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,9 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kairos.core.errors import invalid_argument, not_found
+from kairos.core.errors import not_found
 from kairos.core.names import RunName, new_id, parse_trigger
+from kairos.core.paging import decode_instant_token, encode_instant_token, page_size
 from kairos.executor.batching import WriteBatcher
 from kairos.executor.models import RunRow, TraceEventRow
 from kairos.executor.policy import Overlap, local_day, overlap_policy
@@ -36,7 +36,6 @@ TERMINAL = {
 }
 ACTIVE = (Status.RUN_STATUS_PENDING, Status.RUN_STATUS_RUNNING)
 FAILED = {Status.RUN_STATUS_FAILED, Status.RUN_STATUS_TIMED_OUT}
-MAX_PAGE_SIZE = 1000
 FINISH_COLUMNS = ("status", "status_reason", "end_time", "duration_ms", "output_json", "error_message")
 LIFECYCLE_ORDER = {
     kind: rank
@@ -523,9 +522,7 @@ class RunStore:
         trigger_id: str | None,
         request,
     ) -> tuple[list[RunRow], str]:
-        if request.page_size < 0:
-            raise invalid_argument("INVALID_PAGE_SIZE", "page_size", "must not be negative")
-        limit = min(request.page_size or 50, MAX_PAGE_SIZE)
+        limit = page_size(request.page_size)
         query = select(RunRow).where(RunRow.workspace_id == workspace)
         if trigger_id:
             query = query.where(RunRow.trigger_id == trigger_id)
@@ -536,13 +533,7 @@ class RunStore:
         if request.HasField("end_time"):
             query = query.where(RunRow.fire_time < request.end_time.ToDatetime(UTC))
         if request.page_token:
-            try:
-                fired, last_id = base64.urlsafe_b64decode(request.page_token).decode().split("|")
-                fired_at = datetime.fromisoformat(fired)
-            except ValueError:
-                raise invalid_argument(
-                    "INVALID_PAGE_TOKEN", "page_token", "is not a token this service issued"
-                ) from None
+            fired_at, last_id = decode_instant_token(request.page_token)
             query = query.where(
                 (RunRow.fire_time < fired_at) | ((RunRow.fire_time == fired_at) & (RunRow.id < last_id))
             )
@@ -552,5 +543,5 @@ class RunStore:
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = base64.urlsafe_b64encode(f"{rows[-1].fire_time.isoformat()}|{rows[-1].id}".encode()).decode()
+            token = encode_instant_token(rows[-1].fire_time, rows[-1].id)
         return rows, token

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import heapq
 from dataclasses import dataclass
@@ -19,6 +18,13 @@ from sqlalchemy.orm import Session
 from kairos.core import messaging
 from kairos.core.errors import KairosError, aborted, invalid_argument, not_found, unavailable
 from kairos.core.names import TriggerName, new_id
+from kairos.core.paging import (
+    decode_instant_token,
+    decode_page_token,
+    encode_instant_token,
+    encode_page_token,
+    page_size,
+)
 from kairos.core.schedule import Schedule
 from kairos.registry import outbox
 from kairos.registry.models import OutboxRow, TriggerRow, WebhookRow, WorkspaceRow
@@ -27,8 +33,6 @@ from kairos.registry.transactions import Transactions
 from kairos.registry.validation import validate_trigger
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2, trigger_service_pb2
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 DEFAULT_MAX_SCHEDULE_TRIGGERS = 10_000
 DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS = 10_000
 UPDATABLE_PATHS = ("display_name", "description", "source", "action", "policies", "labels")
@@ -56,26 +60,6 @@ SOURCE_KINDS = {
 
 def feed_key(workspace: str, trigger_id: str) -> str:
     return f"{workspace}.{trigger_id}"
-
-
-def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE) -> int:
-    if requested < 0:
-        raise invalid_argument("INVALID_PAGE_SIZE", "page_size", "must not be negative")
-    return min(requested or default, MAX_PAGE_SIZE)
-
-
-def encode_page_token(*parts: str) -> str:
-    return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode()
-
-
-def decode_page_token(token: str, parts: int) -> list[str]:
-    try:
-        values = base64.urlsafe_b64decode(token.encode()).decode().split("\x1f")
-    except (ValueError, UnicodeDecodeError):
-        values = []
-    if len(values) != parts:
-        raise invalid_argument("INVALID_PAGE_TOKEN", "page_token", "is not a token this service issued")
-    return values
 
 
 def check_update_mask(mask: field_mask_pb2.FieldMask, updatable: tuple[str, ...], *, whole_fields: bool = True) -> None:
@@ -277,13 +261,7 @@ class TriggerRegistry:
         if request.agent:
             query = query.where(TriggerRow.agent == request.agent)
         if request.page_token:
-            created, last_id = decode_page_token(request.page_token, 2)
-            try:
-                created_at = datetime.fromisoformat(created)
-            except ValueError:
-                raise invalid_argument(
-                    "INVALID_PAGE_TOKEN", "page_token", "is not a token this service issued"
-                ) from None
+            created_at, last_id = decode_instant_token(request.page_token)
             query = query.where(
                 (TriggerRow.create_time < created_at)
                 | ((TriggerRow.create_time == created_at) & (TriggerRow.id < last_id))
@@ -294,7 +272,7 @@ class TriggerRegistry:
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = encode_page_token(rows[-1].create_time.isoformat(), rows[-1].id)
+            token = encode_instant_token(rows[-1].create_time, rows[-1].id)
         now = datetime.now(UTC)
         return [self.with_info(self._decode(row), now) for row in rows], token
 
