@@ -108,6 +108,9 @@ class SchedulerEngine:
         self._local_progress: dict[str, Progress] = {}
         self._dirty_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        # nats-py can swallow a cancellation (its flush path catches CancelledError, publish_async turns it into
+        # TooManyStalledMsgsError), so every loop also ends on this event instead of relying on cancel alone.
+        self._stopping = asyncio.Event()
         self.fires_published = 0
         self.skipped_fires = 0
         self._lags_ms: deque[float] = deque(maxlen=2000)
@@ -135,6 +138,9 @@ class SchedulerEngine:
     async def stop(self, grace: float = 5.0) -> None:
         """Stops timing fires, lets the fires in flight get their ack (up to `grace` s), saves progress."""
         log.info("scheduler engine stopping", in_flight=len(self._pending), unsaved=len(self._dirty))
+        self._stopping.set()
+        self._wakeup.set()
+        self._dirty_event.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -304,7 +310,7 @@ class SchedulerEngine:
     # ------------------------------------------------------------------------------------ firing
 
     async def _fire_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             self._wakeup.clear()
             now = datetime.now(UTC)
             popped = 0
@@ -398,7 +404,7 @@ class SchedulerEngine:
         self._dirty_event.set()
 
     async def _write_progress(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty_event.wait(), timeout=1.0)
             self._dirty_event.clear()

@@ -71,6 +71,7 @@ class ShardLeases:
         self._held: dict[int, int] = {}
         self._renewed: dict[int, float] = {}
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()  # the loop also ends on this: nats-py can swallow a cancellation
         self.balanced = asyncio.Event()
 
     @property
@@ -82,6 +83,7 @@ class ShardLeases:
         self._task = spawn(self._run(), "scheduler-leases")
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,12 +105,13 @@ class ShardLeases:
         log.info("shard leases released")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.tick()
             except Exception:
                 log.exception("lease round failed")
-            await asyncio.sleep(self._renew_every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._renew_every)
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, then release extras or take free shards towards the fair share."""
