@@ -5,12 +5,8 @@ token is refused, that health and reflection answer, and that SIGTERM shuts ever
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
-import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger, webhook_trigger
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
-from kairos.devtools.suite import wait_serving
+from kairos.devtools.processes import ServiceProcesses
 from kairos.v1 import (
     run_pb2,
     run_service_pb2,
@@ -42,79 +38,53 @@ RUN_TIMEOUT_S = 30
 
 @dataclass
 class Processes:
-    ports: dict[str, int]
+    launched: ServiceProcesses
     http_port: int
     admin_key: str
     nats_url: str
-    logs: Path
+
+    def address(self, service: str) -> str:
+        return self.launched.launched[service].address
 
     def client(self, api_key: str) -> KairosClient:
-        registry = f"127.0.0.1:{self.ports['registry']}"
         return KairosClient(
-            registry,
+            self.address("registry"),
             api_key,
             targets={
-                "runs": f"127.0.0.1:{self.ports['executor']}",
-                "events": f"127.0.0.1:{self.ports['ingress']}",
-                "scheduler": f"127.0.0.1:{self.ports['scheduler']}",
+                "runs": self.address("executor"),
+                "events": self.address("ingress"),
+                "scheduler": self.address("scheduler"),
             },
         )
 
     def log_tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
-
-
-async def wait_serving_on(port: int) -> None:
-    assert await wait_serving(f"127.0.0.1:{port}", READY_TIMEOUT_S)
+        return self.launched.log_tail()
 
 
 @pytest_asyncio.fixture
 async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     admin_key = secrets.token_urlsafe(24)
-    async with AsyncExitStack() as stack:
-        nats_server = await stack.enter_async_context(EmbeddedNatsServer(tmp_path / "nats"))
-        ports = {service: free_port() for service in SERVICES}
+    async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
         http_port = free_port()
-        running: dict[str, asyncio.subprocess.Process] = {}
-        for service in SERVICES:
-            env = {
-                **os.environ,
-                "KAIROS_NATS_URL": nats_server.url,
-                "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}",
-                "KAIROS_GRPC_PORT": str(ports[service]),
-                "KAIROS_HTTP_PORT": str(http_port),
-                "KAIROS_ADMIN_KEY": admin_key,
-                "KAIROS_LOG_FORMAT": "json",
-            }
-            log = (logs / f"{service}.log").open("wb")
-            stack.callback(log.close)
-            running[service] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"kairos.{service}", env=env, stdout=log, stderr=log
-            )
-        result = Processes(ports, http_port, admin_key, nats_server.url, logs)
+        launched = ServiceProcesses(
+            tmp_path / "logs",
+            {"KAIROS_NATS_URL": nats_server.url, "KAIROS_HTTP_PORT": str(http_port), "KAIROS_ADMIN_KEY": admin_key},
+        )
+        result = Processes(launched, http_port, admin_key, nats_server.url)
         try:
+            for service in SERVICES:
+                database = f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}"
+                await launched.launch(service, env={"KAIROS_DATABASE_URL": database}, wait=False)
             async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.gather(*(wait_serving_on(port) for port in ports.values()))
+                await asyncio.gather(*(process.wait_serving() for process in launched.launched.values()))
             yield result
         finally:
-            for process in running.values():
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-            codes = {}
-            for service, process in running.items():
-                try:
-                    async with asyncio.timeout(20):
-                        codes[service] = await process.wait()
-                except TimeoutError:
-                    process.kill()
-                    codes[service] = await process.wait()
+            codes = await launched.stop_all()
         assert codes == dict.fromkeys(SERVICES, 0), f"unclean shutdown {codes}\n{result.log_tail()}"
 
 
-async def list_services(port: int) -> set[str]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def list_services(address: str) -> set[str]:
+    async with grpc.aio.insecure_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         async for response in call:
@@ -139,8 +109,8 @@ async def test_four_processes_schedule_and_webhook_runs_complete(processes: Proc
         "ingress": {"kairos.v1.EventService"},
         "executor": {"kairos.v1.RunService"},
     }
-    for service, port in processes.ports.items():
-        listed = await list_services(port)
+    for service in SERVICES:
+        listed = await list_services(processes.address(service))
         assert expected[service] | {"grpc.health.v1.Health"} <= listed, (service, listed)
 
     async with processes.client(processes.admin_key) as admin:

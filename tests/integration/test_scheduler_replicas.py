@@ -5,13 +5,9 @@ the whole time range every fire id has exactly one message on KAIROS_FIRES and e
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,9 +18,9 @@ from nats.js.api import DeliverPolicy
 
 from kairos.client import KairosClient, schedule_trigger
 from kairos.core import messaging
-from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.core.schedule import compile_schedule
-from kairos.devtools.suite import wait_serving
+from kairos.devtools.processes import ServiceProcess, ServiceProcesses
 from kairos.scheduler.engine import NUM_SHARDS, fire_id, shard_of
 from kairos.scheduler.state import REPLICA_PREFIX
 from kairos.v1 import (
@@ -48,86 +44,54 @@ TAKEOVER_LIMIT = timedelta(seconds=10)
 class Cluster:
     nats_url: str
     admin_key: str
-    registry_port: int
-    executor_port: int
-    schedulers: dict[int, asyncio.subprocess.Process]
-    replica_ids: dict[int, str]
-    logs: Path
+    launched: ServiceProcesses
+    schedulers: dict[str, ServiceProcess]  # by replica id
 
-    def client(self, api_key: str, scheduler_port: int | None = None) -> KairosClient:
-        targets = {"runs": f"127.0.0.1:{self.executor_port}"}
-        if scheduler_port is not None:
-            targets["scheduler"] = f"127.0.0.1:{scheduler_port}"
-        return KairosClient(f"127.0.0.1:{self.registry_port}", api_key, targets=targets)
+    def client(self, api_key: str, scheduler: ServiceProcess | None = None) -> KairosClient:
+        targets = {"runs": self.launched.launched["executor"].address}
+        if scheduler is not None:
+            targets["scheduler"] = scheduler.address
+        return KairosClient(self.launched.launched["registry"].address, api_key, targets=targets)
 
     def log_tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.logs.glob("*.log")))
-
-
-async def wait_serving_on(port: int) -> None:
-    assert await wait_serving(f"127.0.0.1:{port}", READY_TIMEOUT_S)
+        return self.launched.log_tail(2000)
 
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     admin_key = secrets.token_urlsafe(24)
-    async with AsyncExitStack() as stack:
-        nats_server = await stack.enter_async_context(EmbeddedNatsServer(tmp_path / "nats"))
-        processes: list[asyncio.subprocess.Process] = []
+    async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
+        env = {"KAIROS_NATS_URL": nats_server.url, "KAIROS_ADMIN_KEY": admin_key}
+        async with ServiceProcesses(tmp_path / "logs", env) as launched:
 
-        async def launch(service: str, label: str, port: int) -> asyncio.subprocess.Process:
-            env = {
-                "KAIROS_SCHEDULER_REPLICA_ID": label,
-                **os.environ,
-                "KAIROS_NATS_URL": nats_server.url,
-                "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}",
-                "KAIROS_GRPC_PORT": str(port),
-                "KAIROS_HTTP_PORT": str(free_port()),
-                "KAIROS_ADMIN_KEY": admin_key,
-            }
-            log = (logs / f"{label}.log").open("wb")
-            stack.callback(log.close)
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"kairos.{service}", env=env, stdout=log, stderr=log
-            )
-            processes.append(process)
-            return process
+            def database(service: str) -> dict[str, str]:
+                return {"KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}"}
 
-        registry_port, executor_port = free_port(), free_port()
-        await launch("registry", "registry", registry_port)
-        await launch("executor", "executor", executor_port)
-        schedulers, replica_ids = {}, {}
-        for index in range(REPLICAS):
-            port = free_port()
-            replica_ids[port] = f"scheduler-{index}"
-            schedulers[port] = await launch("scheduler", replica_ids[port], port)
-        result = Cluster(nats_server.url, admin_key, registry_port, executor_port, schedulers, replica_ids, logs)
-        try:
+            await launched.launch("registry", env=database("registry"), wait=False)
+            await launched.launch("executor", env=database("executor"), wait=False)
+            schedulers = {}
+            for index in range(REPLICAS):
+                replica_id = f"scheduler-{index}"
+                schedulers[replica_id] = await launched.launch(
+                    "scheduler",
+                    label=replica_id,
+                    env={**database("scheduler"), "KAIROS_SCHEDULER_REPLICA_ID": replica_id},
+                    wait=False,
+                )
             async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.gather(*(wait_serving_on(port) for port in (registry_port, executor_port, *schedulers)))
-            yield result
-        finally:
-            for process in processes:
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    async with asyncio.timeout(20):
-                        await process.wait()
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+                await asyncio.gather(*(process.wait_serving() for process in launched.launched.values()))
+            yield Cluster(nats_server.url, admin_key, launched, schedulers)
 
 
-async def scheduler_status(cluster: Cluster, port: int) -> list[scheduler_service_pb2.SchedulerReplica]:
-    async with cluster.client(cluster.admin_key, port) as admin:
+async def scheduler_status(cluster: Cluster, scheduler: ServiceProcess) -> list[scheduler_service_pb2.SchedulerReplica]:
+    async with cluster.client(cluster.admin_key, scheduler) as admin:
         response = await admin.scheduler.GetSchedulerStatus(scheduler_service_pb2.GetSchedulerStatusRequest())
     return list(response.replicas)
 
 
-async def wait_balanced(cluster: Cluster, port: int, replicas: int) -> list[scheduler_service_pb2.SchedulerReplica]:
+async def wait_balanced(
+    cluster: Cluster, scheduler: ServiceProcess, replicas: int
+) -> list[scheduler_service_pb2.SchedulerReplica]:
     """Re-reads the status RPC whenever a replica heartbeat (which carries its shards) changes in KV, until the
     shards are split evenly among `replicas` live replicas. Callers bound it with asyncio.timeout."""
     fair = -(-NUM_SHARDS // replicas)
@@ -136,7 +100,7 @@ async def wait_balanced(cluster: Cluster, port: int, replicas: int) -> list[sche
     heartbeats = await bucket.watch(f"{REPLICA_PREFIX}*")
     try:
         while True:
-            status = await scheduler_status(cluster, port)
+            status = await scheduler_status(cluster, scheduler)
             shards = [shard for replica in status for shard in replica.shards]
             if (
                 len(status) == replicas
@@ -158,9 +122,8 @@ async def test_killed_replica_shards_move_and_every_fire_runs_exactly_once(clust
         key = (
             await admin.workspaces.CreateApiKey(workspace_service_pb2.CreateApiKeyRequest(parent="workspaces/acme"))
         ).key
-    a_port = next(iter(cluster.schedulers))
     async with asyncio.timeout(30):
-        status = await wait_balanced(cluster, a_port, REPLICAS)
+        status = await wait_balanced(cluster, cluster.schedulers["scheduler-0"], REPLICAS)
     tracer = await nats.connect(cluster.nats_url)
     traces = await tracer.subscribe("kairos.trace.acme.>")
     completed: Counter[str] = Counter()
@@ -177,8 +140,7 @@ async def test_killed_replica_shards_move_and_every_fire_runs_exactly_once(clust
             held = Counter(owner[shard_of(keys[t.name])] for t in triggers)
             victim_id = held.most_common(1)[0][0]
             victim_triggers = {t.name for t in triggers if owner[shard_of(keys[t.name])] == victim_id}
-            victim_port = next(port for port, replica_id in cluster.replica_ids.items() if replica_id == victim_id)
-            survivor_port = next(port for port in cluster.schedulers if port != victim_port)
+            survivor = next(process for label, process in cluster.schedulers.items() if label != victim_id)
 
             async def next_completed(predicate) -> run_pb2.TraceEvent:
                 async for message in traces.messages:
@@ -195,7 +157,7 @@ async def test_killed_replica_shards_move_and_every_fire_runs_exactly_once(clust
             async with asyncio.timeout(20):
                 await next_completed(lambda e: _instant(e.fire_id) >= range_start + timedelta(seconds=2))
 
-            cluster.schedulers[victim_port].send_signal(signal.SIGKILL)
+            await cluster.schedulers[victim_id].kill()
             killed_at = datetime.now(UTC)
             async with asyncio.timeout(30):
                 taken_over = await next_completed(
@@ -231,7 +193,7 @@ async def test_killed_replica_shards_move_and_every_fire_runs_exactly_once(clust
         assert max(published.values()) == 1
 
         async with asyncio.timeout(30):
-            after = await wait_balanced(cluster, survivor_port, REPLICAS - 1)
+            after = await wait_balanced(cluster, survivor, REPLICAS - 1)
         assert victim_id not in {replica.id for replica in after}
     finally:
         await tracer.close()
