@@ -38,8 +38,12 @@ DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS = 10_000
 UPDATABLE_PATHS = ("display_name", "description", "source", "action", "policies", "labels")
 State = trigger_pb2.TriggerState
 Kind = trigger_pb2.SourceKind
-WORKSPACE_LIMITS = select(WorkspaceRow.max_schedule_triggers, WorkspaceRow.max_webhook_event_triggers).where(
-    WorkspaceRow.id == bindparam("workspace_id")
+# FOR UPDATE on the workspace row serialises a workspace's creates on PostgreSQL, so two of them cannot both count
+# the last free slot; SQLite has no row locks and needs none: it runs one writer at a time.
+WORKSPACE_LIMITS = (
+    select(WorkspaceRow.max_schedule_triggers, WorkspaceRow.max_webhook_event_triggers)
+    .where(WorkspaceRow.id == bindparam("workspace_id"))
+    .with_for_update()
 )
 TRIGGER_COUNT = (
     select(func.count())

@@ -660,6 +660,27 @@ async def test_quota_limits_schedule_triggers(suite) -> None:
         assert len(await list_all(kairos, source_kind=Kind.SOURCE_KIND_SCHEDULE)) == 2
 
 
+async def test_concurrent_creates_never_pass_the_last_free_slot_together(suite) -> None:
+    """Many creates racing for one slot: exactly one wins, every other is TRIGGER_LIMIT_EXCEEDED, and the
+    workspace holds exactly as many triggers as its quota (on PostgreSQL the workspace row lock decides)."""
+    racers = 8
+    _, key = await new_workspace_with_quota(suite, "race", workspace_pb2.WorkspaceQuota(max_schedule_triggers=2))
+    async with suite.client(key) as kairos:
+        await create_trigger(kairos, schedule_trigger(cron="0 1 * * *"))
+        outcomes = await asyncio.gather(
+            *(create_trigger(kairos, schedule_trigger(cron=f"{minute} 2 * * *")) for minute in range(racers)),
+            return_exceptions=True,
+        )
+        created = [outcome for outcome in outcomes if isinstance(outcome, trigger_pb2.Trigger)]
+        refused = [error_details(outcome) for outcome in outcomes if isinstance(outcome, grpc.aio.AioRpcError)]
+        assert len(created) == 1, outcomes
+        assert len(refused) == racers - 1, outcomes
+        assert {(details.code, details.reason) for details in refused} == {
+            (Code.RESOURCE_EXHAUSTED, "TRIGGER_LIMIT_EXCEEDED")
+        }
+        assert len(await list_all(kairos, source_kind=Kind.SOURCE_KIND_SCHEDULE)) == 2
+
+
 async def test_webhook_secrets_rotation_and_disable(suite) -> None:
     key = await suite.new_workspace("hooks")
     async with suite.client(key) as kairos, httpx.AsyncClient(timeout=10) as http:
