@@ -52,6 +52,8 @@ class OutboxRelay:
         self._transactions = transactions
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
+        # nats-py can swallow a cancellation (as in the scheduler), so the loop also ends on this event
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._next_flush: asyncio.Future[int] | None = None
 
@@ -115,16 +117,21 @@ class OutboxRelay:
         self._task = spawn(self._run(), "outbox-relay")
 
     async def stop(self) -> None:
+        """Ends the relay loop; rows it has not published stay in the outbox for the next start."""
+        self._stopping.set()
+        self._wakeup.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=5.0)
             self._wakeup.clear()
+            if self._stopping.is_set():
+                return
             try:
                 await self.flush()
             except Exception as error:
