@@ -11,10 +11,7 @@ Every wait is on the mirror (or the gRPC health check), bounded by `asyncio.time
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -28,8 +25,9 @@ from google.protobuf import field_mask_pb2
 from kairos.client import KairosClient, schedule_trigger
 from kairos.core import messaging
 from kairos.core.feed import KvMirror
-from kairos.core.natsserver import EmbeddedNatsServer, free_port
-from kairos.devtools.suite import Suite, running_suite, wait_serving
+from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.devtools.processes import ServiceProcesses
+from kairos.devtools.suite import Suite, running_suite
 from kairos.v1 import trigger_pb2, trigger_service_pb2, workspace_pb2, workspace_service_pb2
 
 # The issue promises that watchers learn of a change "within a second". The registry publishes before it answers,
@@ -105,62 +103,23 @@ async def test_every_change_reaches_a_mirror_within_a_second(
 # ------------------------------------------------------------------------------ the registry as a process
 
 
-class RegistryProcess:
-    """`python -m kairos.registry` on a fixed port and SQLite file, startable again after a SIGKILL."""
-
-    def __init__(self, tmp_path: Path, nats_url: str, admin_key: str) -> None:
-        self.port = free_port()
-        self.log_path = tmp_path / "registry.log"
-        self.env = {
-            **os.environ,
-            "KAIROS_NATS_URL": nats_url,
-            "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-            "KAIROS_GRPC_PORT": str(self.port),
-            "KAIROS_ADMIN_KEY": admin_key,
-            "KAIROS_LOG_FORMAT": "json",
-        }
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "kairos.registry", env=self.env, stdout=log, stderr=log
-            )
-        assert await wait_serving(self.address, PROCESS_TIMEOUT_S), self.log_tail()
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(20):
-                await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-4000:] if self.log_path.exists() else ""
-
-
 async def test_a_change_committed_while_nats_is_down_survives_a_registry_kill(tmp_path: Path) -> None:
     admin_key = secrets.token_urlsafe(24)
     async with AsyncExitStack() as stack:
         nats_server = EmbeddedNatsServer(tmp_path / "nats")
         await nats_server.start()
         stack.push_async_callback(nats_server.stop)
-        registry = RegistryProcess(tmp_path, nats_server.url, admin_key)
-        stack.push_async_callback(registry.stop)
-        await registry.start()
+        launched = await stack.enter_async_context(
+            ServiceProcesses(
+                tmp_path / "logs",
+                {
+                    "KAIROS_NATS_URL": nats_server.url,
+                    "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+                    "KAIROS_ADMIN_KEY": admin_key,
+                },
+            )
+        )
+        registry = await launched.launch("registry")
 
         async with KairosClient(registry.address, admin_key) as admin:
             await admin.workspaces.CreateWorkspace(
