@@ -90,7 +90,7 @@ class Run(_message.Message):
     def __init__(self, name: _Optional[str] = ..., trigger: _Optional[str] = ..., trigger_type: _Optional[_Union[TriggerType, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., fire_id: _Optional[str] = ..., attempt: _Optional[int] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[int] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error_message: _Optional[str] = ..., agent: _Optional[str] = ..., agent_version: _Optional[_Union[_trigger_pb2.AgentVersion, str]] = ..., owner: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., webhook: _Optional[str] = ..., event_type: _Optional[str] = ...) -> None: ...
 
 class TraceEvent(_message.Message):
-    __slots__ = ("id", "type", "source", "fire_id", "run", "trigger", "time", "attempt", "duration_ms", "error_message", "status")
+    __slots__ = ("id", "type", "source", "fire_id", "run", "trigger", "time", "attempt", "duration_ms", "error_message", "status", "count")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class TraceEvent(_message.Message):
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     source: str
@@ -113,4 +114,5 @@ class TraceEvent(_message.Message):
     duration_ms: int
     error_message: str
     status: RunStatus
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., source: _Optional[str] = ..., fire_id: _Optional[str] = ..., run: _Optional[str] = ..., trigger: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., duration_ms: _Optional[int] = ..., error_message: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
+    count: int
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., source: _Optional[str] = ..., fire_id: _Optional[str] = ..., run: _Optional[str] = ..., trigger: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., duration_ms: _Optional[int] = ..., error_message: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., count: _Optional[int] = ...) -> None: ...
