@@ -1,4 +1,4 @@
-"""Composition root of the registry: engine, migrations, outbox relay and servicers."""
+"""Composition root of the registry: engine, migrations, outbox relay, trigger counters and servicers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from kairos.core.sealing import Sealer
 from kairos.registry import control, outbox
 from kairos.registry.reads import RowReader
 from kairos.registry.servicer import TriggerServicer, WebhookServicer, WorkspaceServicer
+from kairos.registry.stats import TriggerStatsConsumer
 from kairos.registry.transactions import Transactions
 from kairos.registry.triggers import TriggerRegistry
 from kairos.registry.webhooks import WebhookRegistry
@@ -53,5 +54,9 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     )
     workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(workspaces), server)
     await control.start(stack, runtime, triggers)
+    stats = TriggerStatsConsumer(runtime.js, transactions)
+    await stats.start()
+    stack.push_async_callback(stats.stop)
+    runtime.extras["trigger_stats"] = stats
     for service in ("TriggerService", "WebhookService", "WorkspaceService"):
         runtime.grpc.add(f"kairos.v1.{service}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -87,6 +88,28 @@ class TriggerRow(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TriggerStatsRow(Base):
+    """A trigger's counters, kept from its trace events (see `kairos.registry.stats`); no row until its first
+    counted event. `last_fire_time_ns` is nanoseconds since the Unix epoch."""
+
+    __tablename__ = "trigger_stats"
+
+    trigger_id: Mapped[str] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"), primary_key=True)
+    fire_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped_fire_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_fire_time_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AppliedTraceEventRow(Base):
+    """The KAIROS_TRACE stream sequence of each trace event already counted, so a redelivery never counts
+    twice; rows at or below the consumer's ack floor are pruned (JetStream never redelivers those)."""
+
+    __tablename__ = "applied_trace_events"
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
 
 
 class WebhookRow(Base):

@@ -22,15 +22,42 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kairos.core.schedule import Schedule, compile_schedule
-from kairos.registry.models import TriggerRow
+from kairos.registry.models import TriggerRow, TriggerStatsRow
 from kairos.v1 import trigger_pb2
 
 SCHEDULE_CACHE_SIZE = 100_000
 READ_BUSY_TIMEOUT_S = 5.0
 
 
+# A trigger's workspace id, revision and body, then its counters (None before its first counted trace event).
+TriggerRecord = tuple[str, int, bytes, int | None, int | None, int | None, int | None]
+COUNTERS = (
+    TriggerStatsRow.fire_count,
+    TriggerStatsRow.skipped_fire_count,
+    TriggerStatsRow.consecutive_failures,
+    TriggerStatsRow.last_fire_time_ns,
+)
+TRIGGER_RECORD = select(TriggerRow.workspace_id, TriggerRow.revision, TriggerRow.body, *COUNTERS).outerjoin(
+    TriggerStatsRow, TriggerStatsRow.trigger_id == TriggerRow.id
+)
+SQLITE_TRIGGER_RECORD = (
+    "SELECT t.workspace_id, t.revision, t.body, s.fire_count, s.skipped_fire_count, s.consecutive_failures,"
+    " s.last_fire_time_ns FROM triggers t LEFT JOIN trigger_stats s ON s.trigger_id = t.id WHERE t.id = ?"
+)
+
+
+def fill_counters(info: trigger_pb2.TriggerInfo, counters) -> None:
+    """Copies (fire count, skipped fires, consecutive failures, last fire ns) into `info`; all None means none yet."""
+    fire_count, skipped, failures, last_fire_ns = counters
+    info.fire_count = fire_count or 0
+    info.skipped_fire_count = skipped or 0
+    info.consecutive_failures = failures or 0
+    if last_fire_ns:
+        info.last_fire_time.FromNanoseconds(last_fire_ns)
+
+
 class RowReader:
-    """`trigger(id)` -> (workspace id, revision, body) of a stored trigger, or None."""
+    """`trigger(id)` -> the TriggerRecord of a stored trigger, or None."""
 
     def __init__(self, database_url: str, sessions: async_sessionmaker[AsyncSession]) -> None:
         url = make_url(database_url)
@@ -51,21 +78,11 @@ class RowReader:
             )
         return self._connection
 
-    async def trigger(self, trigger_id: str) -> tuple[str, int, bytes] | None:
+    async def trigger(self, trigger_id: str) -> TriggerRecord | None:
         if self._sqlite_path is not None:
-            return (
-                self._sqlite()
-                .execute("SELECT workspace_id, revision, body FROM triggers WHERE id = ?", (trigger_id,))
-                .fetchone()
-            )
+            return self._sqlite().execute(SQLITE_TRIGGER_RECORD, (trigger_id,)).fetchone()
         async with self._sessions() as session:
-            row = (
-                await session.execute(
-                    select(TriggerRow.workspace_id, TriggerRow.revision, TriggerRow.body).where(
-                        TriggerRow.id == trigger_id
-                    )
-                )
-            ).first()
+            row = (await session.execute(TRIGGER_RECORD.where(TriggerRow.id == trigger_id))).first()
         return tuple(row) if row is not None else None
 
     def close(self) -> None:

@@ -27,8 +27,8 @@ from kairos.core.paging import (
 )
 from kairos.core.schedule import Schedule
 from kairos.registry import outbox
-from kairos.registry.models import OutboxRow, TriggerRow, WebhookRow, WorkspaceRow
-from kairos.registry.reads import RowReader, ScheduleCache
+from kairos.registry.models import OutboxRow, TriggerRow, TriggerStatsRow, WebhookRow, WorkspaceRow
+from kairos.registry.reads import COUNTERS, RowReader, ScheduleCache, fill_counters
 from kairos.registry.transactions import Transactions
 from kairos.registry.validation import validate_trigger
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2, trigger_service_pb2
@@ -125,8 +125,13 @@ class TriggerRegistry:
     def _decode(row: TriggerRow) -> trigger_pb2.Trigger:
         return trigger_pb2.Trigger.FromString(row.body)
 
-    def with_info(self, trigger: trigger_pb2.Trigger, now: datetime | None = None) -> trigger_pb2.Trigger:
-        """Fills the output-only next fire time of an active schedule trigger."""
+    def with_info(
+        self, trigger: trigger_pb2.Trigger, now: datetime | None = None, counters=None
+    ) -> trigger_pb2.Trigger:
+        """Fills the output-only info: the next fire time of an active schedule trigger, and `counters`
+        (fire count, skipped fires, consecutive failures, last fire ns) when given."""
+        if counters is not None:
+            fill_counters(trigger.info, counters)
         if trigger.state == State.TRIGGER_STATE_ACTIVE and trigger.source.HasField("schedule"):
             next_fire = self._schedules.next_fire(trigger.name, trigger.revision, trigger, now or datetime.now(UTC))
             if next_fire is not None:
@@ -247,17 +252,23 @@ class TriggerRegistry:
     async def get(self, name: TriggerName) -> trigger_pb2.Trigger:
         if self._reader is None:
             async with self._sessions() as session:
-                return self.with_info(self._decode(await self._row(session, name)))
+                row = await self._row(session, name)
+                stats = await session.get(TriggerStatsRow, name.trigger)
+            return self.with_info(self._decode(row), counters=_counters(stats))
         found = await self._reader.trigger(name.trigger)
         if found is None or found[0] != name.workspace:
             raise not_found(str(name))
-        return self.with_info(trigger_pb2.Trigger.FromString(found[2]))
+        return self.with_info(trigger_pb2.Trigger.FromString(found[2]), counters=found[3:])
 
     async def list(
         self, workspace_id: str, request: trigger_service_pb2.ListTriggersRequest
     ) -> tuple[list[trigger_pb2.Trigger], str]:
         limit = page_size(request.page_size)
-        query = select(TriggerRow).where(TriggerRow.workspace_id == workspace_id)
+        query = (
+            select(TriggerRow, *COUNTERS)
+            .outerjoin(TriggerStatsRow, TriggerStatsRow.trigger_id == TriggerRow.id)
+            .where(TriggerRow.workspace_id == workspace_id)
+        )
         if request.state:
             query = query.where(TriggerRow.state == request.state)
         if request.source_kind:
@@ -272,13 +283,13 @@ class TriggerRegistry:
             )
         query = query.order_by(TriggerRow.create_time.desc(), TriggerRow.id.desc()).limit(limit + 1)
         async with self._sessions() as session:
-            rows = (await session.scalars(query)).all()
+            rows = (await session.execute(query)).all()
         token = ""
         if len(rows) > limit:
             rows = rows[:limit]
-            token = encode_instant_token(rows[-1].create_time, rows[-1].id)
+            token = encode_instant_token(rows[-1][0].create_time, rows[-1][0].id)
         now = datetime.now(UTC)
-        return [self.with_info(self._decode(row), now) for row in rows], token
+        return [self.with_info(self._decode(row[0]), now, row[1:]) for row in rows], token
 
     @staticmethod
     def _locked_row(session: Session, name: TriggerName) -> TriggerRow:
@@ -289,11 +300,11 @@ class TriggerRegistry:
 
     async def _mutate(self, name: TriggerName, etag: str, change) -> trigger_pb2.Trigger:
         now = datetime.now(UTC)
-        trigger = await self._transactions.run(
+        trigger, counters = await self._transactions.run(
             functools.partial(self._mutate_in, name=name, etag=etag, change=change, now=now)
         )
         await self._relay.flush_soon()
-        return self.with_info(trigger, now)
+        return self.with_info(trigger, now, counters)
 
     def _mutate_in(self, session: Session, *, name: TriggerName, etag: str, change, now: datetime):
         row = self._locked_row(session, name)
@@ -305,8 +316,9 @@ class TriggerRegistry:
         trigger.etag = str(trigger.revision)
         trigger.update_time.CopyFrom(timestamp(now))
         self._store(session, row, trigger)
+        counters = _counters(session.get(TriggerStatsRow, name.trigger))
         session.commit()
-        return trigger
+        return trigger, counters
 
     async def update(self, name: TriggerName, patch: trigger_pb2.Trigger, mask: field_mask_pb2.FieldMask):
         check_update_mask(mask, UPDATABLE_PATHS)
@@ -402,6 +414,12 @@ class TriggerRegistry:
             if first is not None and (end is None or first < end):
                 streams.append(_fires(first, name, self._schedules.schedule(name, revision, body), end))
         return _take(heapq.merge(*streams, key=lambda item: item[0]), count)
+
+
+def _counters(stats: TriggerStatsRow | None) -> tuple | None:
+    if stats is None:
+        return None
+    return stats.fire_count, stats.skipped_fire_count, stats.consecutive_failures, stats.last_fire_time_ns
 
 
 ACTIVE_SCHEDULES = select(TriggerRow.id, TriggerRow.revision, TriggerRow.body).where(
