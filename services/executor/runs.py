@@ -43,8 +43,12 @@ LIFECYCLE_ORDER = {
         ("trigger.fired", "run.queued", "run.started", "run.retrying", "run.completed", "run.failed", "run.skipped")
     )
 }
-SKIP_OVERLAP = "overlap"
-SKIP_DAILY_CAP = "daily cap"
+SkipReason = run_pb2.SkipReason
+SKIP_REASONS = {
+    SkipReason.SKIP_REASON_OVERLAP: "overlap",
+    SkipReason.SKIP_REASON_DAILY_CAP: "daily cap",
+    SkipReason.SKIP_REASON_PAUSED: "paused",
+}
 
 
 @dataclass
@@ -70,6 +74,7 @@ class _AdmitRequest:
     run_input: dict[str, Any]
     workspace_limit: int
     describe: Describe | None
+    paused: bool
 
 
 @dataclass
@@ -100,6 +105,7 @@ def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
         "time": event.time.ToDatetime(UTC),
         "attempt": event.attempt,
         "status": event.status,
+        "skip_reason": event.skip_reason,
         "duration_ms": event.duration_ms,
         "error_message": event.error_message,
     }
@@ -116,6 +122,7 @@ def event_from_row(row: TraceEventRow) -> run_pb2.TraceEvent:
         trigger=trigger,
         attempt=row.attempt,
         status=row.status,
+        skip_reason=row.skip_reason,
         duration_ms=row.duration_ms,
         error_message=row.error_message,
     )
@@ -138,6 +145,7 @@ def to_proto(row: RunRow) -> run_pb2.Run:
         trigger_type=row.trigger_type,
         status=row.status,
         status_reason=row.status_reason,
+        skip_reason=row.skip_reason,
         fire_id=row.fire_id,
         attempt=row.attempt,
         duration_ms=row.duration_ms,
@@ -183,6 +191,7 @@ class RunStore:
             trigger_type=fire.trigger_type,
             status=Status.RUN_STATUS_PENDING,
             status_reason="",
+            skip_reason=SkipReason.SKIP_REASON_UNSPECIFIED,
             attempt=0,
             scheduled_time=fire.scheduled_time.ToDatetime(UTC) if fire.HasField("scheduled_time") else None,
             fire_time=fire.fire_time.ToDatetime(UTC) if fire.HasField("fire_time") else now,
@@ -204,11 +213,12 @@ class RunStore:
         run_input: dict[str, Any],
         workspace_limit: int,
         describe: Describe | None = None,
+        paused: bool = False,
     ) -> Admission:
         """Decides, atomically, whether the fire's run starts now, and records the decision and the events
-        `describe(admission)` returns for it."""
+        `describe(admission)` returns for it. A new fire of a `paused` trigger is recorded skipped."""
         trigger = parse_trigger(fire.trigger, "trigger")
-        request = _AdmitRequest(fire, run_input, workspace_limit, describe)
+        request = _AdmitRequest(fire, run_input, workspace_limit, describe, paused)
         return await self._writes.submit_item(self._admit_many, request, lock_key=f"runs/{trigger.workspace}")
 
     async def _admit_many(self, session: AsyncSession, requests: list[_AdmitRequest]) -> list[Admission]:
@@ -221,6 +231,7 @@ class RunStore:
             for index, request in enumerate(requests)
             if overlap_policy(request.fire) == Overlap.OVERLAP_POLICY_ALLOW
             and request.fire.policies.max_runs_per_day <= 0
+            and not request.paused
         ]
         if simple:
             fire_ids = [requests[index].fire.fire_id for index in simple]
@@ -252,7 +263,7 @@ class RunStore:
             await session.flush()
         for index, request in enumerate(requests):
             if index not in results:
-                results[index] = await self._admit(session, request.fire, request.run_input, request.workspace_limit)
+                results[index] = await self._admit(session, request)
         events: list[run_pb2.TraceEvent] = []
         for index, request in enumerate(requests):
             if request.describe is not None:
@@ -261,9 +272,8 @@ class RunStore:
         await _store_events(session, events)
         return [results[index] for index in range(len(requests))]
 
-    async def _admit(
-        self, session: AsyncSession, fire: fire_pb2.FireRequest, run_input: dict[str, Any], workspace_limit: int
-    ) -> Admission:
+    async def _admit(self, session: AsyncSession, request: _AdmitRequest) -> Admission:
+        fire, workspace_limit = request.fire, request.workspace_limit
         now = datetime.now(UTC)
         row = await session.scalar(select(RunRow).where(RunRow.fire_id == fire.fire_id))
         if row is not None and row.status in TERMINAL:
@@ -272,9 +282,11 @@ class RunStore:
             return Admission("run", row, resumed=True)
         is_new = row is None
         if row is None:
-            row = self._new_row(fire, run_input, now)
+            row = self._new_row(fire, request.run_input, now)
+            if request.paused:
+                return self._skip(session, row, SkipReason.SKIP_REASON_PAUSED, now)
             if await self._over_daily_cap(session, fire, row):
-                return self._skip(session, row, SKIP_DAILY_CAP, now)
+                return self._skip(session, row, SkipReason.SKIP_REASON_DAILY_CAP, now)
         policy = overlap_policy(fire)
         others: list[RunRow] = []
         if policy != Overlap.OVERLAP_POLICY_ALLOW:
@@ -292,11 +304,11 @@ class RunStore:
             )
         cancelled: list[RunRow] = []
         if others and policy == Overlap.OVERLAP_POLICY_SKIP and row.attempt == 0:
-            return self._skip(session, row, SKIP_OVERLAP, now)
+            return self._skip(session, row, SkipReason.SKIP_REASON_OVERLAP, now)
         if others and policy == Overlap.OVERLAP_POLICY_BUFFER_ONE:
             waiting = [other for other in others if other.attempt == 0]
             if waiting and is_new:
-                return self._skip(session, row, SKIP_OVERLAP, now)
+                return self._skip(session, row, SkipReason.SKIP_REASON_OVERLAP, now)
             if any(other.attempt > 0 for other in others):
                 session.add(row)
                 return Admission("wait", row, created=is_new)
@@ -322,9 +334,10 @@ class RunStore:
         return Admission("run", row, cancelled)
 
     @staticmethod
-    def _skip(session: AsyncSession, row: RunRow, reason: str, now: datetime) -> Admission:
+    def _skip(session: AsyncSession, row: RunRow, reason: int, now: datetime) -> Admission:
         row.status = Status.RUN_STATUS_SKIPPED
-        row.status_reason = reason
+        row.skip_reason = reason
+        row.status_reason = SKIP_REASONS[reason]
         row.end_time = now
         session.add(row)
         return Admission("skipped", row)

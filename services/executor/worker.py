@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from kairos.core import messaging
+from kairos.core.feed import KvMirror
 from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
 from kairos.executor.models import RunRow
@@ -113,6 +114,7 @@ class FireWorker:
         runners: Runners,
         notifier: Notifier | None = None,
         settings: WorkerSettings | None = None,
+        triggers: KvMirror[trigger_pb2.Trigger] | None = None,
     ):
         self._nc = nc
         self._js = js
@@ -120,6 +122,7 @@ class FireWorker:
         self._runners = runners
         self._notifier = notifier
         self._settings = settings or WorkerSettings()
+        self._triggers = triggers
         self._concurrency = self._settings.concurrency
         self._slots = asyncio.Semaphore(self._concurrency)
         self._tasks: set[asyncio.Task] = set()
@@ -258,13 +261,28 @@ class FireWorker:
             )
         if admission.outcome == "skipped":
             events.append(
-                _event(fire.fire_id, fire.trigger, "run.skipped", row, error_message=f"skipped: {row.status_reason}")
+                _event(
+                    fire.fire_id,
+                    fire.trigger,
+                    "run.skipped",
+                    row,
+                    error_message=f"skipped: {row.status_reason}",
+                    skip_reason=row.skip_reason,
+                )
             )
         elif admission.outcome == "wait" and admission.created:
             events.append(_event(fire.fire_id, fire.trigger, "run.queued", row))
         elif admission.outcome == "run":
             events.append(_event(fire.fire_id, fire.trigger, "run.started", row))
         return events
+
+    def _paused(self, fire: fire_pb2.FireRequest) -> bool:
+        """Whether the trigger is paused in the registry's change feed; a manual fire (FireTrigger) still runs."""
+        if self._triggers is None or fire.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_MANUAL:
+            return False
+        trigger = parse_trigger(fire.trigger, "trigger")
+        record = self._triggers.cached(f"{trigger.workspace}.{trigger.trigger}")
+        return record is not None and record.state == trigger_pb2.TriggerState.TRIGGER_STATE_PAUSED
 
     async def _execute(self, message: Msg, fire: fire_pb2.FireRequest) -> None:
         first_delivery = message.metadata.num_delivered == 1
@@ -274,6 +292,7 @@ class FireWorker:
             inputs,
             self._settings.workspace_max_concurrent_runs,
             lambda decided: self._admission_events(fire, first_delivery, decided),
+            paused=self._paused(fire),
         )
         for other in admission.cancelled:
             await self._nc.publish(CANCEL_SUBJECT, other.id.encode())
