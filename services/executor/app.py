@@ -25,7 +25,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     engine = db.create_engine(config.database_url)
     stack.push_async_callback(engine.dispose)
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
-    store = RunStore(db.session_factory(engine), config.run_retention)
+    store = RunStore(db.session_factory(engine), config.run_retention, float(config.executor_ack_wait_s))
     stack.push_async_callback(store.stop)
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})

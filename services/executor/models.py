@@ -45,6 +45,10 @@ class RunRow(Base):
     owner: Mapped[str] = mapped_column(String(200), default="")
     webhook: Mapped[str] = mapped_column(String(200), default="")
     event_type: Mapped[str] = mapped_column(String(200), default="")
+    # The run lease: the executor running an attempt renews `lease_expires_at`; another one takes the run over
+    # only once it expired, incrementing `lease_token`, and every write of the attempt is fenced by the token.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class TraceEventRow(Base):

@@ -3,6 +3,10 @@
 Admission (may this fire start now?) is decided inside one transaction that first takes a per-workspace
 lock (a PostgreSQL transaction advisory lock; SQLite's single writer lock), so the overlap policy, the
 daily cap and the workspace concurrency limit hold across any number of executor replicas.
+
+A running run is leased: the executor that admitted it renews the lease while its attempt runs, another
+executor takes a redelivered fire over only once the lease expired (the first one is dead or stalled), and
+takes it with a new fencing token, so the writes of a stalled executor that wakes up again are refused.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -53,8 +57,9 @@ SKIP_REASONS = {
 
 @dataclass
 class Admission:
-    """What to do with a fire: `run` it (row is running), drop a `duplicate`, record it `skipped`, or `wait`
-    (row is pending: the overlap policy or the workspace limit holds it back; ask again later)."""
+    """What to do with a fire: `run` it (row is running, leased to the caller), drop a `duplicate`, record it
+    `skipped`, `wait` (row is pending: the overlap policy or the workspace limit holds it back; ask again
+    later), or leave it `leased` (another executor holds the running run's lease; ask again once it expires)."""
 
     outcome: str
     row: RunRow | None = None
@@ -134,6 +139,10 @@ def _elapsed_ms(row: RunRow, now: datetime) -> int:
     return int((now - (row.start_time or now)).total_seconds() * 1000) if row.start_time else 0
 
 
+def _may_finish(stored: RunRow, attempted: RunRow) -> bool:
+    return stored.status in ACTIVE and stored.lease_token == attempted.lease_token
+
+
 def run_name(row: RunRow) -> str:
     return str(RunName(row.workspace_id, row.trigger_id, row.id))
 
@@ -170,10 +179,16 @@ def value_to_python(value: struct_pb2.Value) -> Any:
     return json_format.MessageToDict(value) if value.WhichOneof("kind") else None
 
 
+def _take_lease(row: RunRow, now: datetime, lease: timedelta) -> None:
+    row.lease_token = (row.lease_token or 0) + 1
+    row.lease_expires_at = now + lease
+
+
 class RunStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], retention: int) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], retention: int, lease_s: float = 30.0) -> None:
         self._sessions = sessions
         self._retention = retention
+        self._lease = timedelta(seconds=lease_s)
         self._trim_every = max(1, min(100, retention // 10))
         self._writes = WriteBatcher(sessions)
         self._ended: dict[tuple[str, str], int] = {}
@@ -258,6 +273,7 @@ class RunStore:
                 row.status = Status.RUN_STATUS_RUNNING
                 row.attempt = 1
                 row.start_time = now
+                _take_lease(row, now, self._lease)
                 results[index] = Admission("run", row)
             session.add_all(rows.values())
             await session.flush()
@@ -279,6 +295,9 @@ class RunStore:
         if row is not None and row.status in TERMINAL:
             return Admission("duplicate", row)
         if row is not None and row.status == Status.RUN_STATUS_RUNNING:
+            if row.lease_expires_at is not None and row.lease_expires_at > now:
+                return Admission("leased", row)
+            _take_lease(row, now, self._lease)
             return Admission("run", row, resumed=True)
         is_new = row is None
         if row is None:
@@ -330,6 +349,7 @@ class RunStore:
         row.status = Status.RUN_STATUS_RUNNING
         row.attempt += 1
         row.start_time = row.start_time or now
+        _take_lease(row, now, self._lease)
         session.add(row)
         return Admission("run", row, cancelled)
 
@@ -368,9 +388,12 @@ class RunStore:
             stored = await session.get(RunRow, row.id)
             if stored is None:
                 raise not_found(run_name(row))
+            if stored.lease_token != row.lease_token:
+                return stored
             if stored.status not in TERMINAL:
                 stored.status = Status.RUN_STATUS_PENDING
                 stored.error_message = error
+                stored.lease_expires_at = None
             if describe is not None:
                 await _store_events(session, describe(stored))
             return stored
@@ -386,7 +409,9 @@ class RunStore:
         reason: str = "",
         describe: DescribeRow | None = None,
     ) -> RunRow:
-        """Ends a run (a no-op when it already ended) and stores the events `describe(run)` returns."""
+        """Ends a run and stores the events `describe(run)` returns. A no-op when it already ended, or when
+        `row.lease_token` is not the run's token any more (another executor took it over): the stored run is
+        returned as it is."""
 
         now = datetime.now(UTC)
         changes = {
@@ -400,8 +425,8 @@ class RunStore:
         return await self._writes.submit_item(self._finish_many, _FinishRequest(row, changes, describe))
 
     async def _finish_many(self, session: AsyncSession, requests: list[_FinishRequest]) -> list[RunRow]:
-        """Ends a batch of runs with one read and one executemany update; runs that already ended are
-        returned as stored, unchanged and without events."""
+        """Ends a batch of runs with one read and one executemany update; runs that already ended, or whose
+        lease another executor took, are returned as stored, unchanged and without events."""
         ids = [request.row.id for request in requests]
         stored = {
             row.id: row
@@ -412,17 +437,20 @@ class RunStore:
                 raise not_found(run_name(request.row))
         for row in stored.values():
             session.expunge(row)  # written by the executemany below, not by the unit of work
-        active = [request for request in requests if stored[request.row.id].status in ACTIVE]
+        active = [request for request in requests if _may_finish(stored[request.row.id], request.row)]
         if active:
+            table = RunRow.__table__
             result = await session.execute(
-                update(RunRow.__table__)
+                update(table)
                 .where(
-                    RunRow.__table__.c.id == bindparam("run_id"),
-                    or_(*(RunRow.__table__.c.status == status for status in ACTIVE)),
+                    table.c.id == bindparam("run_id"),
+                    table.c.lease_token == bindparam("token"),
+                    or_(*(table.c.status == status for status in ACTIVE)),
                 )
                 .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS}),
                 [
-                    {"run_id": request.row.id} | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
+                    {"run_id": request.row.id, "token": request.row.lease_token}
+                    | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
                     for request in active
                 ],
             )
@@ -432,7 +460,7 @@ class RunStore:
         events: list[run_pb2.TraceEvent] = []
         for request in requests:
             row = stored[request.row.id]
-            if row.status in ACTIVE:
+            if _may_finish(row, request.row):
                 for column, value in request.changes.items():
                     setattr(row, column, value)
                 if request.describe is not None:
@@ -441,6 +469,26 @@ class RunStore:
             results.append(row)
         await _store_events(session, events)
         return results
+
+    async def renew_leases(self, runs: dict[str, int]) -> set[str]:
+        """Extends the lease of each run (id -> the caller's lease token); returns the ids whose token is no
+        longer the caller's (another executor took them over), which it must stop."""
+        expires = datetime.now(UTC) + self._lease
+
+        async def operation(session: AsyncSession) -> set[str]:
+            lost = set()
+            table = RunRow.__table__
+            for run_id, token in runs.items():
+                result = await session.execute(
+                    update(table)
+                    .where(table.c.id == run_id, table.c.lease_token == token)
+                    .values(lease_expires_at=expires)
+                )
+                if result.rowcount == 0:
+                    lost.add(run_id)
+            return lost
+
+        return await self._writes.submit(operation)
 
     async def _maybe_trim(self, session: AsyncSession, row: RunRow) -> None:
         """Trims the trigger's history every `trim_every` ended runs, so at most retention + trim_every stay."""

@@ -2,10 +2,14 @@
 
 A fire is acknowledged only after its run is recorded as ended, so a crash mid-run means redelivery, and
 the unique fire id on the run means the redelivery resumes that run instead of starting a second one.
-While an attempt runs, the message gets in-progress acks every third of `ack_wait`, so only a dead executor
-lets it be redelivered. A failed attempt with attempts left is nak'ed with the backoff as delay: the retry
-holds no consumer slot and no task, so a poison fire never blocks the fires behind it. After the last
-attempt the fire is copied to the dead-letter stream and the run ends failed.
+While an attempt runs, the message gets in-progress acks and the run's lease is renewed every third of
+`ack_wait`, so only a dead or stalled executor lets it be redelivered; the executor that gets it then takes
+the run over once the lease expired, and the stalled one, when it wakes up, finds its lease gone at its next
+renewal, stops its attempt and writes nothing (its writes are fenced by the lease token).
+
+A failed attempt with attempts left is nak'ed with the backoff as delay: the retry holds no consumer slot and
+no task, so a poison fire never blocks the fires behind it. After the last attempt the fire is copied to the
+dead-letter stream and the run ends failed.
 """
 
 from __future__ import annotations
@@ -128,6 +132,8 @@ class FireWorker:
         self._tasks: set[asyncio.Task] = set()
         self._attempts: dict[str, asyncio.Task] = {}
         self._in_progress: dict[str, Msg] = {}
+        self._leases: dict[str, int] = {}  # run id -> this process's lease token, while its attempt runs
+        self._lost: set[str] = set()  # runs whose lease another executor took while this one ran them
         self._heartbeats: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
         self._subscription = None
@@ -305,6 +311,11 @@ class FireWorker:
         if admission.outcome == "wait":
             await message.nak(delay=WAIT_DELAY_S)
             return
+        if admission.outcome == "leased":
+            remaining = (row.lease_expires_at - datetime.now(UTC)).total_seconds()
+            log.info("run leased by another executor; asking again when the lease ends", remaining_s=remaining)
+            await message.nak(delay=max(WAIT_DELAY_S, remaining))
+            return
         if admission.outcome == "skipped":
             await message.ack()
             return
@@ -322,6 +333,7 @@ class FireWorker:
         agent = asyncio.create_task(self._runners.run(fire.action.runner, fire.action.agent, document, deadline))
         self._attempts[row.id] = agent
         self._in_progress[row.id] = message
+        self._leases[row.id] = row.lease_token
         status, output, error, retryable = Status.RUN_STATUS_COMPLETED, None, "", False
         try:
             output = await asyncio.shield(agent)
@@ -341,6 +353,11 @@ class FireWorker:
         finally:
             self._in_progress.pop(row.id, None)
             self._attempts.pop(row.id, None)
+            self._leases.pop(row.id, None)
+        if row.id in self._lost:
+            self._lost.discard(row.id)
+            log.warning("another executor took this run over while its attempt ran; leaving it to that one", run=name)
+            return False
         elapsed = int((datetime.now(UTC) - started).total_seconds() * 1000)
         events: list[run_pb2.TraceEvent] = []
         if status in FAILED and retryable and row.attempt < max_attempts(fire.policies):
@@ -350,7 +367,10 @@ class FireWorker:
                 events.append(_event(fire.fire_id, fire.trigger, "run.retrying", stored, **fields))
                 return events
 
+            token = row.lease_token
             row = await self._store.retry_later(row, error, describe_retry)
+            if row.lease_token != token:
+                return self._fenced(name)
             await self._publish(events, fire.policies.notify_url)
             delay = backoff_s(fire.policies.retry, row.attempt)
             log.info("attempt failed; retrying", run=name, attempt=row.attempt, delay_s=round(delay, 3), error=error)
@@ -363,25 +383,51 @@ class FireWorker:
             events.append(_event(fire.fire_id, fire.trigger, kind, stored, **fields))
             return events
 
+        token = row.lease_token
         if status == Status.RUN_STATUS_COMPLETED:
             row = await self._store.finish(row, status, output=output, describe=describe_end)
         else:
             reason = error if status == Status.RUN_STATUS_CANCELLED else ""
             row = await self._store.finish(row, status, error=error, reason=reason, describe=describe_end)
+        if row.lease_token != token:
+            return self._fenced(name)
         # No events when the run had already ended: whoever cancelled it recorded and published run.cancelled.
-        await self._publish(events, fire.policies.notify_url)
+        # A failed fire is in the dead-letter stream before run.failed announces it.
         if events and row.status in FAILED:
             await self._dead_letter(message, fire, row)
+        await self._publish(events, fire.policies.notify_url)
+        if events and row.status in FAILED:
             await self._maybe_pause(fire, row)
         log.info("run ended", run=name, status=Status.Name(row.status), ms=elapsed)
         return True
 
+    @staticmethod
+    def _fenced(name: str) -> bool:
+        """The attempt's result was refused: another executor holds the run now. Neither ack nor nak: the
+        message belongs to that executor's delivery."""
+        log.warning("the run's lease was taken over; this attempt's result is dropped", run=name)
+        return False
+
     async def _heartbeat(self) -> None:
-        """In-progress acks for every running attempt each third of ack_wait, so ack_wait only expires for a
-        fire whose executor is gone."""
+        """Each third of ack_wait: renews the lease of every running attempt, stops the attempts whose lease
+        another executor took (this process was stalled), and sends in-progress acks for the others, so
+        ack_wait only expires for a fire whose executor is gone or stalled."""
         while True:
             await asyncio.sleep(self._settings.ack_wait_s / 3)
-            for message in list(self._in_progress.values()):
+            if self._leases:
+                try:
+                    lost = await self._store.renew_leases(dict(self._leases))
+                except Exception as error:
+                    log.warning("renewing run leases failed", error=str(error))
+                    lost = set()
+                for run_id in lost:
+                    attempt = self._attempts.get(run_id)
+                    if attempt is not None and self._leases.get(run_id) is not None:
+                        self._lost.add(run_id)
+                        attempt.cancel()
+            for run_id, message in list(self._in_progress.items()):
+                if run_id in self._lost:
+                    continue
                 with contextlib.suppress(Exception):
                     await message.in_progress()
 
