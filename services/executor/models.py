@@ -69,3 +69,14 @@ class TraceEventRow(Base):
     skip_reason: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     error_message: Mapped[str] = mapped_column(Text, default="")
+
+
+class CallbackStopRow(Base):
+    """A notify_url that answered 410 Gone for a trigger: no more lifecycle callbacks go there for it."""
+
+    __tablename__ = "callback_stops"
+
+    workspace_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    trigger_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    stopped_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -93,9 +93,13 @@ async def _store_events(session: AsyncSession, events: list[run_pb2.TraceEvent])
     """Inserts lifecycle events; one recorded again (a redelivered fire) keeps its first copy."""
     if not events:
         return
-    rows = [event_row(event) for event in events]
+    await insert_new(session, TraceEventRow, [event_row(event) for event in events], ["id"])
+
+
+async def insert_new(session: AsyncSession, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Inserts `rows`, leaving out those whose `keys` are already stored."""
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    await session.execute(insert(TraceEventRow).on_conflict_do_nothing(index_elements=["id"]), rows)
+    await session.execute(insert(model).on_conflict_do_nothing(index_elements=keys), rows)
 
 
 def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
@@ -548,9 +552,14 @@ class RunStore:
         return ended, ended.status_reason == "cancelled by request" and ended.end_time is not None
 
     async def trace(self, name: RunName) -> list[TraceEventRow]:
-        row = await self.get(name)
+        return await self._fire_events((await self.get(name)).fire_id)
+
+    async def events_of_fire(self, fire_id: str) -> list[run_pb2.TraceEvent]:
+        return [event_from_row(row) for row in await self._fire_events(fire_id)]
+
+    async def _fire_events(self, fire_id: str) -> list[TraceEventRow]:
         async with self._sessions() as session:
-            query = select(TraceEventRow).where(TraceEventRow.fire_id == row.fire_id)
+            query = select(TraceEventRow).where(TraceEventRow.fire_id == fire_id)
             events = list((await session.scalars(query)).all())
         # Events written together can share a timestamp; within one instant, lifecycle order decides.
         return sorted(events, key=lambda event: (event.time, event.attempt, LIFECYCLE_ORDER.get(event.type, 99)))

@@ -33,7 +33,7 @@ from kairos.core.feed import KvMirror
 from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
 from kairos.executor.models import RunRow
-from kairos.executor.notify import Notifier
+from kairos.executor.notify import Callbacks
 from kairos.executor.policy import backoff_s, max_attempts
 from kairos.executor.runners import AgentError, Runners
 from kairos.executor.runs import FAILED, RunStore, run_name, value_to_python
@@ -116,7 +116,7 @@ class FireWorker:
         js: JetStreamContext,
         store: RunStore,
         runners: Runners,
-        notifier: Notifier | None = None,
+        callbacks: Callbacks | None = None,
         settings: WorkerSettings | None = None,
         triggers: KvMirror[trigger_pb2.Trigger] | None = None,
     ):
@@ -124,7 +124,7 @@ class FireWorker:
         self._js = js
         self._store = store
         self._runners = runners
-        self._notifier = notifier
+        self._callbacks = callbacks
         self._settings = settings or WorkerSettings()
         self._triggers = triggers
         self._concurrency = self._settings.concurrency
@@ -224,15 +224,16 @@ class FireWorker:
     # -- events ------------------------------------------------------------------------------------------
 
     async def _publish(self, events: list[run_pb2.TraceEvent], notify_url: str) -> None:
-        """Publishes stored lifecycle events on kairos.trace.<ws>.<trigger> and queues their callbacks."""
+        """Queues the callbacks of stored lifecycle events durably (before the fire is acknowledged), then
+        publishes the events on kairos.trace.<ws>.<trigger>."""
         for event in events:
+            if self._callbacks is not None and notify_url:
+                await self._callbacks.enqueue(notify_url, event)
             trigger = parse_trigger(event.trigger, "trigger")
             with contextlib.suppress(Exception):
                 await self._nc.publish(
                     messaging.trace_subject(trigger.workspace, trigger.trigger), event.SerializeToString()
                 )
-            if self._notifier is not None and notify_url:
-                self._notifier.enqueue(notify_url, event.id, _event_json(event))
 
     # -- one fire ----------------------------------------------------------------------------------------
 
@@ -306,6 +307,11 @@ class FireWorker:
         row = admission.row
         if admission.outcome == "duplicate":
             log.info("duplicate fire ignored")
+            if self._callbacks is not None and fire.policies.notify_url:
+                # The first delivery may have died between recording its events and queueing their callbacks;
+                # queueing them again is harmless (same Nats-Msg-Id, and receivers dedupe on webhook-id).
+                for event in await self._store.events_of_fire(fire.fire_id):
+                    await self._callbacks.enqueue(fire.policies.notify_url, event)
             await message.ack()
             return
         if admission.outcome == "wait":
@@ -494,7 +500,3 @@ def _event(fire_id: str, trigger: str, kind: str, row: RunRow | None, **fields: 
     )
     event.time.GetCurrentTime()
     return event
-
-
-def _event_json(event: run_pb2.TraceEvent) -> dict[str, Any]:
-    return json_format.MessageToDict(event, preserving_proto_field_name=True)
