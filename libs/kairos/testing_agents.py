@@ -6,7 +6,8 @@ with `KAIROS_PYTHON_RUNNER_MODULES=kairos.agents,kairos.testing_agents`.
 - `flaky`: fails until the attempt number reaches `input.succeed_on_attempt`.
 - `wait_for_release`: connects to `input.nats_url`, subscribes to `input.release_subject`, announces itself
   on `input.ready_subject` (message body: the run name and attempt), then returns once a message arrives on
-  the release subject. Tests use it to hold a run in the middle of its attempt without sleeping.
+  the release subject. Tests use it to hold a run in the middle of its attempt without sleeping. With
+  `input.stopped_subject`, it announces there (same body) when it is cancelled before being released.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ async def wait_for_release(envelope: dict[str, Any]) -> dict[str, Any]:
         ready = {"run": envelope.get("run"), "attempt": envelope.get("attempt")}
         await nc.publish(settings["ready_subject"], json.dumps(ready).encode())
         await nc.flush()
-        body = await released
+        try:
+            body = await released
+        except asyncio.CancelledError:
+            if settings.get("stopped_subject"):
+                await nc.publish(settings["stopped_subject"], json.dumps(ready).encode())
+                await nc.flush()
+            raise
         return {"released": body.decode() or True, "attempt": envelope.get("attempt")}
     finally:
         await nc.close()

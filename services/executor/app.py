@@ -7,13 +7,14 @@ from contextlib import AsyncExitStack
 import httpx
 
 from kairos.core import db
+from kairos.core.feed import KvMirror
 from kairos.core.runtime import Runtime
-from kairos.executor.notify import Notifier, Signer
+from kairos.executor.notify import Callbacks, Signer
 from kairos.executor.runners import Runners
 from kairos.executor.runs import RunStore
 from kairos.executor.servicer import RunServicer
 from kairos.executor.worker import FireWorker, WorkerSettings
-from kairos.v1 import run_service_pb2_grpc
+from kairos.v1 import run_service_pb2_grpc, trigger_pb2
 
 MIGRATIONS = "kairos.executor:migrations"
 VERSION_TABLE = "alembic_version_executor"
@@ -24,25 +25,32 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     engine = db.create_engine(config.database_url)
     stack.push_async_callback(engine.dispose)
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
-    store = RunStore(db.session_factory(engine), config.run_retention)
+    sessions = db.session_factory(engine)
+    store = RunStore(sessions, config.run_retention, float(config.executor_ack_wait_s))
     stack.push_async_callback(store.stop)
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})
     stack.push_async_callback(http.aclose)
     signer = Signer(config.notify_signing_secret)
-    notifier = Notifier(http, signer)
-    notifier.start()
-    stack.push_async_callback(notifier.stop)
+    callbacks = Callbacks(runtime.js, http, signer, sessions, float(config.executor_ack_wait_s))
+    await callbacks.start()
+    stack.push_async_callback(callbacks.stop)
+    # Trigger states from the registry's change feed: a fire of a trigger paused meanwhile is skipped.
+    triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(runtime.buckets.triggers, trigger_pb2.Trigger)
+    await triggers.start()
+    stack.push_async_callback(triggers.stop)
+    runtime.extras["executor.triggers"] = triggers
     worker = FireWorker(
         runtime.nats,
         runtime.js,
         store,
         Runners(runtime.nats, http, config.python_runner_modules, signer),
-        notifier,
+        callbacks,
         WorkerSettings(
             ack_wait_s=float(config.executor_ack_wait_s),
             workspace_max_concurrent_runs=config.workspace_max_concurrent_runs,
         ),
+        triggers,
     )
     await worker.start()
     stack.push_async_callback(worker.stop)

@@ -29,6 +29,7 @@ class RunRow(Base):
     trigger_type: Mapped[int] = mapped_column(Integer)
     status: Mapped[int] = mapped_column(Integer)
     status_reason: Mapped[str] = mapped_column(String(400), default="")
+    skip_reason: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     scheduled_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     fire_time: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -44,6 +45,10 @@ class RunRow(Base):
     owner: Mapped[str] = mapped_column(String(200), default="")
     webhook: Mapped[str] = mapped_column(String(200), default="")
     event_type: Mapped[str] = mapped_column(String(200), default="")
+    # The run lease: the executor running an attempt renews `lease_expires_at`; another one takes the run over
+    # only once it expired, incrementing `lease_token`, and every write of the attempt is fenced by the token.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class TraceEventRow(Base):
@@ -61,5 +66,17 @@ class TraceEventRow(Base):
     time: Mapped[datetime] = mapped_column(UtcDateTime)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[int] = mapped_column(Integer, default=0)
+    skip_reason: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     error_message: Mapped[str] = mapped_column(Text, default="")
+
+
+class CallbackStopRow(Base):
+    """A notify_url that answered 410 Gone for a trigger: no more lifecycle callbacks go there for it."""
+
+    __tablename__ = "callback_stops"
+
+    workspace_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    trigger_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    stopped_at: Mapped[datetime] = mapped_column(UtcDateTime)

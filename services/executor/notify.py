@@ -1,31 +1,54 @@
-"""Standard Webhooks signing, and the background queue that POSTs lifecycle events to a trigger's notify_url.
+"""Standard Webhooks signing, and durable delivery of lifecycle events to a trigger's notify_url.
 
-Callbacks never block a run: events are queued and sent by a few background senders (one URL always goes to
-the same sender, so its events arrive in order), retried with exponential backoff on 5xx, timeouts and
-network errors, dropped on other 4xx, and a 410 Gone stops every later callback to that URL in this process.
+The worker puts each event of a trigger that has a notify_url on the KAIROS_CALLBACKS work-queue stream
+(`Nats-Msg-Id` = the event id, so a repeat within the duplicate window is dropped) before it acknowledges the
+fire, and never waits for the POST itself. A durable consumer shared by the executors delivers them as
+signed JSON; within a process, one URL's callbacks go one at a time in stream order. A 2xx acks; a 410 acks
+and stops every later callback of that trigger to that URL (recorded in `callback_stops`, so the stop
+survives restarts); any other 4xx is dropped with a warning; 5xx, 408, 429, timeouts and network errors are
+nak'ed with an exponential backoff as delay until MAX_DELIVERIES, then dropped with a warning. A callback in
+flight when its executor dies is redelivered after ack_wait to an executor that is alive. Delivery is at
+least once: receivers deduplicate on `webhook-id` (the event id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import zlib
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
+import nats.errors
 import structlog
+from google.protobuf import json_format
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
+from kairos.core import messaging
+from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
+from kairos.executor.models import CallbackStopRow
+from kairos.executor.runs import insert_new
+from kairos.v1 import run_pb2
 
 log = structlog.get_logger(__name__)
 
-QUEUE_SIZE = 10_000
-MAX_ATTEMPTS = 5
+CALLBACKS_STREAM = "KAIROS_CALLBACKS"
+CALLBACK_SUBJECT_PREFIX = "kairos.callbacks"
+NOTIFY_URL_HEADER = "Kairos-Notify-Url"
+DURABLE = "kairos-executor-callbacks"
+MAX_DELIVERIES = 6
 INITIAL_BACKOFF_S = 0.5
-TIMEOUT_S = 10.0
-SENDERS = 8
+MAX_BACKOFF_S = 60.0
+MAX_TIMEOUT_S = 10.0
+CONCURRENCY = 32
+MAX_AGE_S = 7 * 24 * 3600.0
+DUPLICATE_WINDOW_S = 120.0
+RETRIED_STATUSES = {408, 429}
 
 
 class Signer:
@@ -46,64 +69,171 @@ class Signer:
         return headers
 
 
-class Notifier:
-    """Queues signed callbacks and delivers them in the background, in order per URL."""
+def backoff_s(delivery: int) -> float:
+    """Delay before delivery `delivery + 1` of a callback that failed on delivery `delivery` (1-based)."""
+    return min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2 ** (delivery - 1))
 
-    def __init__(self, http: httpx.AsyncClient, signer: Signer) -> None:
+
+def stream_config() -> api.StreamConfig:
+    return api.StreamConfig(
+        name=CALLBACKS_STREAM,
+        description="Kairos lifecycle events waiting to be POSTed to their trigger's notify_url",
+        subjects=[f"{CALLBACK_SUBJECT_PREFIX}.>"],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        discard=api.DiscardPolicy.OLD,
+        num_replicas=1,
+        max_age=MAX_AGE_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def event_json(event: run_pb2.TraceEvent) -> str:
+    return json.dumps(json_format.MessageToDict(event, preserving_proto_field_name=True))
+
+
+class Callbacks:
+    """Queues lifecycle events for notify_urls on JetStream and delivers them from a durable consumer."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        http: httpx.AsyncClient,
+        signer: Signer,
+        sessions: async_sessionmaker[AsyncSession],
+        ack_wait_s: float,
+    ) -> None:
+        self._js = js
         self._http = http
         self._signer = signer
-        self._queues: list[asyncio.Queue[tuple[str, str, dict[str, Any]]]] = [
-            asyncio.Queue(QUEUE_SIZE) for _ in range(SENDERS)
-        ]
-        self._gone: set[str] = set()
-        self._senders: list[asyncio.Task] = []
+        self._sessions = sessions
+        self._ack_wait_s = ack_wait_s
+        self._timeout_s = min(MAX_TIMEOUT_S, ack_wait_s / 2)
+        self._stopped: set[tuple[str, str, str]] = set()
+        self._url_locks: dict[str, asyncio.Lock] = {}
+        self._url_users: dict[str, int] = {}
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._tasks: set[asyncio.Task] = set()
+        self._subscription = None
+        self._loop: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._senders = [
-            spawn(self._deliver_forever(queue), f"executor-notify-{index}") for index, queue in enumerate(self._queues)
-        ]
+    async def start(self) -> None:
+        await messaging.ensure_stream(self._js, stream_config())
+        await self._js.add_consumer(
+            CALLBACKS_STREAM,
+            api.ConsumerConfig(
+                durable_name=DURABLE,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self._ack_wait_s,
+                max_deliver=MAX_DELIVERIES + 2,  # a bound for callbacks whose executor keeps dying mid-POST
+                max_ack_pending=10_000,
+            ),
+        )
+        async with self._sessions() as session:
+            stops = (await session.execute(select(CallbackStopRow))).scalars().all()
+        self._stopped = {(stop.workspace_id, stop.trigger_id, stop.url) for stop in stops}
+        self._subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=CALLBACKS_STREAM)
+        self._loop = spawn(self._pull(self._subscription), "executor-callbacks")
 
     async def stop(self) -> None:
-        for sender in self._senders:
-            sender.cancel()
-        await asyncio.gather(*self._senders, return_exceptions=True)
+        """Stops pulling and abandons callbacks in flight: they are redelivered after ack_wait."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def enqueue(self, url: str, event_id: str, event: dict[str, Any]) -> None:
-        if url in self._gone:
-            return
-        try:
-            self._queues[zlib.crc32(url.encode()) % SENDERS].put_nowait((url, event_id, event))
-        except asyncio.QueueFull:
-            log.warning("notify queue full; dropping a callback", url=url, event=event_id)
+    async def enqueue(self, url: str, event: run_pb2.TraceEvent) -> None:
+        """Stores the callback durably (returns once JetStream has it)."""
+        trigger = parse_trigger(event.trigger, "trigger")
+        await self._js.publish(
+            f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
+            event.SerializeToString(),
+            stream=CALLBACKS_STREAM,
+            headers={messaging.MSG_ID_HEADER: event.id, NOTIFY_URL_HEADER: url},
+        )
 
-    async def _deliver_forever(self, queue: asyncio.Queue[tuple[str, str, dict[str, Any]]]) -> None:
+    async def _pull(self, subscription) -> None:
         while True:
-            url, event_id, event = await queue.get()
-            if url not in self._gone:
-                await self._deliver(url, event_id, event)
-
-    async def _deliver(self, url: str, event_id: str, event: dict[str, Any]) -> None:
-        body = json.dumps(event)
-        delay = INITIAL_BACKOFF_S
-        for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                response = await self._http.post(
-                    url, content=body, headers=self._signer.headers(event_id, body), timeout=TIMEOUT_S
-                )
-            except httpx.HTTPError as error:
-                status, detail = 0, str(error) or type(error).__name__
-            else:
-                status, detail = response.status_code, ""
-                if status < 300:
+                messages = await subscription.fetch(batch=CONCURRENCY, timeout=1.0)
+            except TimeoutError:
+                continue
+            except nats.errors.Error as error:
+                log.warning("fetching callbacks failed; backing off", error=str(error))
+                await asyncio.sleep(0.5)
+                continue
+            for message in messages:
+                await self._slots.acquire()
+                task = spawn(self._deliver(message), "executor-callback")
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _deliver(self, message: Msg) -> None:
+        url = (message.headers or {}).get(NOTIFY_URL_HEADER, "")
+        try:
+            event = run_pb2.TraceEvent.FromString(message.data)
+            trigger = parse_trigger(event.trigger, "trigger")
+        except Exception:
+            log.error("discarding a callback that is not a valid TraceEvent", subject=message.subject)
+            await message.term()
+            return
+        stop_key = (trigger.workspace, trigger.trigger, url)
+        # Tasks take the URL's lock in the order they were fetched (asyncio locks are fair): stream order.
+        lock = self._url_locks.setdefault(url, asyncio.Lock())
+        self._url_users[url] = self._url_users.get(url, 0) + 1
+        try:
+            async with lock:
+                if stop_key in self._stopped or not url:
+                    await message.ack()
                     return
-                if status == 410:
-                    log.info("notify_url answered 410 Gone; no more callbacks to it", url=url)
-                    self._gone.add(url)
-                    return
-                if status < 500:
-                    log.warning("notify_url refused a callback", url=url, status=status)
-                    return
-            if attempt < MAX_ATTEMPTS:
-                await asyncio.sleep(delay)
-                delay *= 2
-        log.warning("notify_url callback given up", url=url, event=event_id, status=status, error=detail)
+                await self._post(message, url, event, stop_key)
+        finally:
+            self._url_users[url] -= 1
+            if self._url_users[url] == 0:
+                del self._url_users[url], self._url_locks[url]
+
+    async def _post(self, message: Msg, url: str, event: run_pb2.TraceEvent, stop_key: tuple[str, str, str]) -> None:
+        body = event_json(event)
+        try:
+            response = await self._http.post(
+                url, content=body, headers=self._signer.headers(event.id, body), timeout=self._timeout_s
+            )
+        except httpx.HTTPError as error:
+            status, detail = 0, str(error) or type(error).__name__
+        else:
+            status, detail = response.status_code, ""
+        if 200 <= status < 300:
+            await message.ack()
+            return
+        if status == 410:
+            await self._record_stop(stop_key)
+            log.info("notify_url answered 410 Gone; no more callbacks of this trigger to it", url=url)
+            await message.ack()
+            return
+        if status and status < 500 and status not in RETRIED_STATUSES:
+            log.warning("notify_url refused a callback; dropping it", url=url, status=status, event=event.id)
+            await message.ack()
+            return
+        delivery = message.metadata.num_delivered
+        if delivery >= MAX_DELIVERIES:
+            log.warning("callback given up", url=url, event=event.id, status=status, error=detail, tries=delivery)
+            await message.term()
+            return
+        await message.nak(delay=backoff_s(delivery))
+
+    async def _record_stop(self, stop_key: tuple[str, str, str]) -> None:
+        self._stopped.add(stop_key)
+        workspace, trigger, url = stop_key
+        row = {"workspace_id": workspace, "trigger_id": trigger, "url": url, "stopped_at": datetime.now(UTC)}
+        async with self._sessions() as session, session.begin():
+            await insert_new(session, CallbackStopRow, [row], ["workspace_id", "trigger_id", "url"])

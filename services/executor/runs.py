@@ -3,6 +3,10 @@
 Admission (may this fire start now?) is decided inside one transaction that first takes a per-workspace
 lock (a PostgreSQL transaction advisory lock; SQLite's single writer lock), so the overlap policy, the
 daily cap and the workspace concurrency limit hold across any number of executor replicas.
+
+A running run is leased: the executor that admitted it renews the lease while its attempt runs, another
+executor takes a redelivered fire over only once the lease expired (the first one is dead or stalled), and
+takes it with a new fencing token, so the writes of a stalled executor that wakes up again are refused.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -43,14 +47,19 @@ LIFECYCLE_ORDER = {
         ("trigger.fired", "run.queued", "run.started", "run.retrying", "run.completed", "run.failed", "run.skipped")
     )
 }
-SKIP_OVERLAP = "overlap"
-SKIP_DAILY_CAP = "daily cap"
+SkipReason = run_pb2.SkipReason
+SKIP_REASONS = {
+    SkipReason.SKIP_REASON_OVERLAP: "overlap",
+    SkipReason.SKIP_REASON_DAILY_CAP: "daily cap",
+    SkipReason.SKIP_REASON_PAUSED: "paused",
+}
 
 
 @dataclass
 class Admission:
-    """What to do with a fire: `run` it (row is running), drop a `duplicate`, record it `skipped`, or `wait`
-    (row is pending: the overlap policy or the workspace limit holds it back; ask again later)."""
+    """What to do with a fire: `run` it (row is running, leased to the caller), drop a `duplicate`, record it
+    `skipped`, `wait` (row is pending: the overlap policy or the workspace limit holds it back; ask again
+    later), or leave it `leased` (another executor holds the running run's lease; ask again once it expires)."""
 
     outcome: str
     row: RunRow | None = None
@@ -70,6 +79,7 @@ class _AdmitRequest:
     run_input: dict[str, Any]
     workspace_limit: int
     describe: Describe | None
+    paused: bool
 
 
 @dataclass
@@ -83,9 +93,13 @@ async def _store_events(session: AsyncSession, events: list[run_pb2.TraceEvent])
     """Inserts lifecycle events; one recorded again (a redelivered fire) keeps its first copy."""
     if not events:
         return
-    rows = [event_row(event) for event in events]
+    await insert_new(session, TraceEventRow, [event_row(event) for event in events], ["id"])
+
+
+async def insert_new(session: AsyncSession, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Inserts `rows`, leaving out those whose `keys` are already stored."""
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    await session.execute(insert(TraceEventRow).on_conflict_do_nothing(index_elements=["id"]), rows)
+    await session.execute(insert(model).on_conflict_do_nothing(index_elements=keys), rows)
 
 
 def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
@@ -100,6 +114,7 @@ def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
         "time": event.time.ToDatetime(UTC),
         "attempt": event.attempt,
         "status": event.status,
+        "skip_reason": event.skip_reason,
         "duration_ms": event.duration_ms,
         "error_message": event.error_message,
     }
@@ -116,6 +131,7 @@ def event_from_row(row: TraceEventRow) -> run_pb2.TraceEvent:
         trigger=trigger,
         attempt=row.attempt,
         status=row.status,
+        skip_reason=row.skip_reason,
         duration_ms=row.duration_ms,
         error_message=row.error_message,
     )
@@ -125,6 +141,10 @@ def event_from_row(row: TraceEventRow) -> run_pb2.TraceEvent:
 
 def _elapsed_ms(row: RunRow, now: datetime) -> int:
     return int((now - (row.start_time or now)).total_seconds() * 1000) if row.start_time else 0
+
+
+def _may_finish(stored: RunRow, attempted: RunRow) -> bool:
+    return stored.status in ACTIVE and stored.lease_token == attempted.lease_token
 
 
 def run_name(row: RunRow) -> str:
@@ -138,6 +158,7 @@ def to_proto(row: RunRow) -> run_pb2.Run:
         trigger_type=row.trigger_type,
         status=row.status,
         status_reason=row.status_reason,
+        skip_reason=row.skip_reason,
         fire_id=row.fire_id,
         attempt=row.attempt,
         duration_ms=row.duration_ms,
@@ -162,10 +183,16 @@ def value_to_python(value: struct_pb2.Value) -> Any:
     return json_format.MessageToDict(value) if value.WhichOneof("kind") else None
 
 
+def _take_lease(row: RunRow, now: datetime, lease: timedelta) -> None:
+    row.lease_token = (row.lease_token or 0) + 1
+    row.lease_expires_at = now + lease
+
+
 class RunStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], retention: int) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], retention: int, lease_s: float = 30.0) -> None:
         self._sessions = sessions
         self._retention = retention
+        self._lease = timedelta(seconds=lease_s)
         self._trim_every = max(1, min(100, retention // 10))
         self._writes = WriteBatcher(sessions)
         self._ended: dict[tuple[str, str], int] = {}
@@ -183,6 +210,7 @@ class RunStore:
             trigger_type=fire.trigger_type,
             status=Status.RUN_STATUS_PENDING,
             status_reason="",
+            skip_reason=SkipReason.SKIP_REASON_UNSPECIFIED,
             attempt=0,
             scheduled_time=fire.scheduled_time.ToDatetime(UTC) if fire.HasField("scheduled_time") else None,
             fire_time=fire.fire_time.ToDatetime(UTC) if fire.HasField("fire_time") else now,
@@ -204,11 +232,12 @@ class RunStore:
         run_input: dict[str, Any],
         workspace_limit: int,
         describe: Describe | None = None,
+        paused: bool = False,
     ) -> Admission:
         """Decides, atomically, whether the fire's run starts now, and records the decision and the events
-        `describe(admission)` returns for it."""
+        `describe(admission)` returns for it. A new fire of a `paused` trigger is recorded skipped."""
         trigger = parse_trigger(fire.trigger, "trigger")
-        request = _AdmitRequest(fire, run_input, workspace_limit, describe)
+        request = _AdmitRequest(fire, run_input, workspace_limit, describe, paused)
         return await self._writes.submit_item(self._admit_many, request, lock_key=f"runs/{trigger.workspace}")
 
     async def _admit_many(self, session: AsyncSession, requests: list[_AdmitRequest]) -> list[Admission]:
@@ -221,6 +250,7 @@ class RunStore:
             for index, request in enumerate(requests)
             if overlap_policy(request.fire) == Overlap.OVERLAP_POLICY_ALLOW
             and request.fire.policies.max_runs_per_day <= 0
+            and not request.paused
         ]
         if simple:
             fire_ids = [requests[index].fire.fire_id for index in simple]
@@ -247,12 +277,13 @@ class RunStore:
                 row.status = Status.RUN_STATUS_RUNNING
                 row.attempt = 1
                 row.start_time = now
+                _take_lease(row, now, self._lease)
                 results[index] = Admission("run", row)
             session.add_all(rows.values())
             await session.flush()
         for index, request in enumerate(requests):
             if index not in results:
-                results[index] = await self._admit(session, request.fire, request.run_input, request.workspace_limit)
+                results[index] = await self._admit(session, request)
         events: list[run_pb2.TraceEvent] = []
         for index, request in enumerate(requests):
             if request.describe is not None:
@@ -261,20 +292,24 @@ class RunStore:
         await _store_events(session, events)
         return [results[index] for index in range(len(requests))]
 
-    async def _admit(
-        self, session: AsyncSession, fire: fire_pb2.FireRequest, run_input: dict[str, Any], workspace_limit: int
-    ) -> Admission:
+    async def _admit(self, session: AsyncSession, request: _AdmitRequest) -> Admission:
+        fire, workspace_limit = request.fire, request.workspace_limit
         now = datetime.now(UTC)
         row = await session.scalar(select(RunRow).where(RunRow.fire_id == fire.fire_id))
         if row is not None and row.status in TERMINAL:
             return Admission("duplicate", row)
         if row is not None and row.status == Status.RUN_STATUS_RUNNING:
+            if row.lease_expires_at is not None and row.lease_expires_at > now:
+                return Admission("leased", row)
+            _take_lease(row, now, self._lease)
             return Admission("run", row, resumed=True)
         is_new = row is None
         if row is None:
-            row = self._new_row(fire, run_input, now)
+            row = self._new_row(fire, request.run_input, now)
+            if request.paused:
+                return self._skip(session, row, SkipReason.SKIP_REASON_PAUSED, now)
             if await self._over_daily_cap(session, fire, row):
-                return self._skip(session, row, SKIP_DAILY_CAP, now)
+                return self._skip(session, row, SkipReason.SKIP_REASON_DAILY_CAP, now)
         policy = overlap_policy(fire)
         others: list[RunRow] = []
         if policy != Overlap.OVERLAP_POLICY_ALLOW:
@@ -292,11 +327,11 @@ class RunStore:
             )
         cancelled: list[RunRow] = []
         if others and policy == Overlap.OVERLAP_POLICY_SKIP and row.attempt == 0:
-            return self._skip(session, row, SKIP_OVERLAP, now)
+            return self._skip(session, row, SkipReason.SKIP_REASON_OVERLAP, now)
         if others and policy == Overlap.OVERLAP_POLICY_BUFFER_ONE:
             waiting = [other for other in others if other.attempt == 0]
             if waiting and is_new:
-                return self._skip(session, row, SKIP_OVERLAP, now)
+                return self._skip(session, row, SkipReason.SKIP_REASON_OVERLAP, now)
             if any(other.attempt > 0 for other in others):
                 session.add(row)
                 return Admission("wait", row, created=is_new)
@@ -318,13 +353,15 @@ class RunStore:
         row.status = Status.RUN_STATUS_RUNNING
         row.attempt += 1
         row.start_time = row.start_time or now
+        _take_lease(row, now, self._lease)
         session.add(row)
         return Admission("run", row, cancelled)
 
     @staticmethod
-    def _skip(session: AsyncSession, row: RunRow, reason: str, now: datetime) -> Admission:
+    def _skip(session: AsyncSession, row: RunRow, reason: int, now: datetime) -> Admission:
         row.status = Status.RUN_STATUS_SKIPPED
-        row.status_reason = reason
+        row.skip_reason = reason
+        row.status_reason = SKIP_REASONS[reason]
         row.end_time = now
         session.add(row)
         return Admission("skipped", row)
@@ -355,9 +392,12 @@ class RunStore:
             stored = await session.get(RunRow, row.id)
             if stored is None:
                 raise not_found(run_name(row))
+            if stored.lease_token != row.lease_token:
+                return stored
             if stored.status not in TERMINAL:
                 stored.status = Status.RUN_STATUS_PENDING
                 stored.error_message = error
+                stored.lease_expires_at = None
             if describe is not None:
                 await _store_events(session, describe(stored))
             return stored
@@ -373,7 +413,9 @@ class RunStore:
         reason: str = "",
         describe: DescribeRow | None = None,
     ) -> RunRow:
-        """Ends a run (a no-op when it already ended) and stores the events `describe(run)` returns."""
+        """Ends a run and stores the events `describe(run)` returns. A no-op when it already ended, or when
+        `row.lease_token` is not the run's token any more (another executor took it over): the stored run is
+        returned as it is."""
 
         now = datetime.now(UTC)
         changes = {
@@ -387,8 +429,8 @@ class RunStore:
         return await self._writes.submit_item(self._finish_many, _FinishRequest(row, changes, describe))
 
     async def _finish_many(self, session: AsyncSession, requests: list[_FinishRequest]) -> list[RunRow]:
-        """Ends a batch of runs with one read and one executemany update; runs that already ended are
-        returned as stored, unchanged and without events."""
+        """Ends a batch of runs with one read and one executemany update; runs that already ended, or whose
+        lease another executor took, are returned as stored, unchanged and without events."""
         ids = [request.row.id for request in requests]
         stored = {
             row.id: row
@@ -399,17 +441,20 @@ class RunStore:
                 raise not_found(run_name(request.row))
         for row in stored.values():
             session.expunge(row)  # written by the executemany below, not by the unit of work
-        active = [request for request in requests if stored[request.row.id].status in ACTIVE]
+        active = [request for request in requests if _may_finish(stored[request.row.id], request.row)]
         if active:
+            table = RunRow.__table__
             result = await session.execute(
-                update(RunRow.__table__)
+                update(table)
                 .where(
-                    RunRow.__table__.c.id == bindparam("run_id"),
-                    or_(*(RunRow.__table__.c.status == status for status in ACTIVE)),
+                    table.c.id == bindparam("run_id"),
+                    table.c.lease_token == bindparam("token"),
+                    or_(*(table.c.status == status for status in ACTIVE)),
                 )
                 .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS}),
                 [
-                    {"run_id": request.row.id} | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
+                    {"run_id": request.row.id, "token": request.row.lease_token}
+                    | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
                     for request in active
                 ],
             )
@@ -419,7 +464,7 @@ class RunStore:
         events: list[run_pb2.TraceEvent] = []
         for request in requests:
             row = stored[request.row.id]
-            if row.status in ACTIVE:
+            if _may_finish(row, request.row):
                 for column, value in request.changes.items():
                     setattr(row, column, value)
                 if request.describe is not None:
@@ -428,6 +473,26 @@ class RunStore:
             results.append(row)
         await _store_events(session, events)
         return results
+
+    async def renew_leases(self, runs: dict[str, int]) -> set[str]:
+        """Extends the lease of each run (id -> the caller's lease token); returns the ids whose token is no
+        longer the caller's (another executor took them over), which it must stop."""
+        expires = datetime.now(UTC) + self._lease
+
+        async def operation(session: AsyncSession) -> set[str]:
+            lost = set()
+            table = RunRow.__table__
+            for run_id, token in runs.items():
+                result = await session.execute(
+                    update(table)
+                    .where(table.c.id == run_id, table.c.lease_token == token)
+                    .values(lease_expires_at=expires)
+                )
+                if result.rowcount == 0:
+                    lost.add(run_id)
+            return lost
+
+        return await self._writes.submit(operation)
 
     async def _maybe_trim(self, session: AsyncSession, row: RunRow) -> None:
         """Trims the trigger's history every `trim_every` ended runs, so at most retention + trim_every stay."""
@@ -487,9 +552,14 @@ class RunStore:
         return ended, ended.status_reason == "cancelled by request" and ended.end_time is not None
 
     async def trace(self, name: RunName) -> list[TraceEventRow]:
-        row = await self.get(name)
+        return await self._fire_events((await self.get(name)).fire_id)
+
+    async def events_of_fire(self, fire_id: str) -> list[run_pb2.TraceEvent]:
+        return [event_from_row(row) for row in await self._fire_events(fire_id)]
+
+    async def _fire_events(self, fire_id: str) -> list[TraceEventRow]:
         async with self._sessions() as session:
-            query = select(TraceEventRow).where(TraceEventRow.fire_id == row.fire_id)
+            query = select(TraceEventRow).where(TraceEventRow.fire_id == fire_id)
             events = list((await session.scalars(query)).all())
         # Events written together can share a timestamp; within one instant, lifecycle order decides.
         return sorted(events, key=lambda event: (event.time, event.attempt, LIFECYCLE_ORDER.get(event.type, 99)))

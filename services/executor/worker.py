@@ -2,10 +2,14 @@
 
 A fire is acknowledged only after its run is recorded as ended, so a crash mid-run means redelivery, and
 the unique fire id on the run means the redelivery resumes that run instead of starting a second one.
-While an attempt runs, the message gets in-progress acks every third of `ack_wait`, so only a dead executor
-lets it be redelivered. A failed attempt with attempts left is nak'ed with the backoff as delay: the retry
-holds no consumer slot and no task, so a poison fire never blocks the fires behind it. After the last
-attempt the fire is copied to the dead-letter stream and the run ends failed.
+While an attempt runs, the message gets in-progress acks and the run's lease is renewed every third of
+`ack_wait`, so only a dead or stalled executor lets it be redelivered; the executor that gets it then takes
+the run over once the lease expired, and the stalled one, when it wakes up, finds its lease gone at its next
+renewal, stops its attempt and writes nothing (its writes are fenced by the lease token).
+
+A failed attempt with attempts left is nak'ed with the backoff as delay: the retry holds no consumer slot and
+no task, so a poison fire never blocks the fires behind it. After the last attempt the fire is copied to the
+dead-letter stream and the run ends failed.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from kairos.core import messaging
+from kairos.core.feed import KvMirror
 from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
 from kairos.executor.models import RunRow
-from kairos.executor.notify import Notifier
+from kairos.executor.notify import Callbacks
 from kairos.executor.policy import backoff_s, max_attempts
 from kairos.executor.runners import AgentError, Runners
 from kairos.executor.runs import FAILED, RunStore, run_name, value_to_python
@@ -111,20 +116,24 @@ class FireWorker:
         js: JetStreamContext,
         store: RunStore,
         runners: Runners,
-        notifier: Notifier | None = None,
+        callbacks: Callbacks | None = None,
         settings: WorkerSettings | None = None,
+        triggers: KvMirror[trigger_pb2.Trigger] | None = None,
     ):
         self._nc = nc
         self._js = js
         self._store = store
         self._runners = runners
-        self._notifier = notifier
+        self._callbacks = callbacks
         self._settings = settings or WorkerSettings()
+        self._triggers = triggers
         self._concurrency = self._settings.concurrency
         self._slots = asyncio.Semaphore(self._concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._attempts: dict[str, asyncio.Task] = {}
         self._in_progress: dict[str, Msg] = {}
+        self._leases: dict[str, int] = {}  # run id -> this process's lease token, while its attempt runs
+        self._lost: set[str] = set()  # runs whose lease another executor took while this one ran them
         self._heartbeats: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
         self._subscription = None
@@ -215,15 +224,16 @@ class FireWorker:
     # -- events ------------------------------------------------------------------------------------------
 
     async def _publish(self, events: list[run_pb2.TraceEvent], notify_url: str) -> None:
-        """Publishes stored lifecycle events on kairos.trace.<ws>.<trigger> and queues their callbacks."""
+        """Queues the callbacks of stored lifecycle events durably (before the fire is acknowledged), then
+        publishes the events on kairos.trace.<ws>.<trigger>."""
         for event in events:
+            if self._callbacks is not None and notify_url:
+                await self._callbacks.enqueue(notify_url, event)
             trigger = parse_trigger(event.trigger, "trigger")
             with contextlib.suppress(Exception):
                 await self._nc.publish(
                     messaging.trace_subject(trigger.workspace, trigger.trigger), event.SerializeToString()
                 )
-            if self._notifier is not None and notify_url:
-                self._notifier.enqueue(notify_url, event.id, _event_json(event))
 
     # -- one fire ----------------------------------------------------------------------------------------
 
@@ -258,13 +268,28 @@ class FireWorker:
             )
         if admission.outcome == "skipped":
             events.append(
-                _event(fire.fire_id, fire.trigger, "run.skipped", row, error_message=f"skipped: {row.status_reason}")
+                _event(
+                    fire.fire_id,
+                    fire.trigger,
+                    "run.skipped",
+                    row,
+                    error_message=f"skipped: {row.status_reason}",
+                    skip_reason=row.skip_reason,
+                )
             )
         elif admission.outcome == "wait" and admission.created:
             events.append(_event(fire.fire_id, fire.trigger, "run.queued", row))
         elif admission.outcome == "run":
             events.append(_event(fire.fire_id, fire.trigger, "run.started", row))
         return events
+
+    def _paused(self, fire: fire_pb2.FireRequest) -> bool:
+        """Whether the trigger is paused in the registry's change feed; a manual fire (FireTrigger) still runs."""
+        if self._triggers is None or fire.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_MANUAL:
+            return False
+        trigger = parse_trigger(fire.trigger, "trigger")
+        record = self._triggers.cached(f"{trigger.workspace}.{trigger.trigger}")
+        return record is not None and record.state == trigger_pb2.TriggerState.TRIGGER_STATE_PAUSED
 
     async def _execute(self, message: Msg, fire: fire_pb2.FireRequest) -> None:
         first_delivery = message.metadata.num_delivered == 1
@@ -274,6 +299,7 @@ class FireWorker:
             inputs,
             self._settings.workspace_max_concurrent_runs,
             lambda decided: self._admission_events(fire, first_delivery, decided),
+            paused=self._paused(fire),
         )
         for other in admission.cancelled:
             await self._nc.publish(CANCEL_SUBJECT, other.id.encode())
@@ -281,10 +307,20 @@ class FireWorker:
         row = admission.row
         if admission.outcome == "duplicate":
             log.info("duplicate fire ignored")
+            if self._callbacks is not None and fire.policies.notify_url:
+                # The first delivery may have died between recording its events and queueing their callbacks;
+                # queueing them again is harmless (same Nats-Msg-Id, and receivers dedupe on webhook-id).
+                for event in await self._store.events_of_fire(fire.fire_id):
+                    await self._callbacks.enqueue(fire.policies.notify_url, event)
             await message.ack()
             return
         if admission.outcome == "wait":
             await message.nak(delay=WAIT_DELAY_S)
+            return
+        if admission.outcome == "leased":
+            remaining = (row.lease_expires_at - datetime.now(UTC)).total_seconds()
+            log.info("run leased by another executor; asking again when the lease ends", remaining_s=remaining)
+            await message.nak(delay=max(WAIT_DELAY_S, remaining))
             return
         if admission.outcome == "skipped":
             await message.ack()
@@ -303,6 +339,7 @@ class FireWorker:
         agent = asyncio.create_task(self._runners.run(fire.action.runner, fire.action.agent, document, deadline))
         self._attempts[row.id] = agent
         self._in_progress[row.id] = message
+        self._leases[row.id] = row.lease_token
         status, output, error, retryable = Status.RUN_STATUS_COMPLETED, None, "", False
         try:
             output = await asyncio.shield(agent)
@@ -322,6 +359,11 @@ class FireWorker:
         finally:
             self._in_progress.pop(row.id, None)
             self._attempts.pop(row.id, None)
+            self._leases.pop(row.id, None)
+        if row.id in self._lost:
+            self._lost.discard(row.id)
+            log.warning("another executor took this run over while its attempt ran; leaving it to that one", run=name)
+            return False
         elapsed = int((datetime.now(UTC) - started).total_seconds() * 1000)
         events: list[run_pb2.TraceEvent] = []
         if status in FAILED and retryable and row.attempt < max_attempts(fire.policies):
@@ -331,7 +373,10 @@ class FireWorker:
                 events.append(_event(fire.fire_id, fire.trigger, "run.retrying", stored, **fields))
                 return events
 
+            token = row.lease_token
             row = await self._store.retry_later(row, error, describe_retry)
+            if row.lease_token != token:
+                return self._fenced(name)
             await self._publish(events, fire.policies.notify_url)
             delay = backoff_s(fire.policies.retry, row.attempt)
             log.info("attempt failed; retrying", run=name, attempt=row.attempt, delay_s=round(delay, 3), error=error)
@@ -344,25 +389,51 @@ class FireWorker:
             events.append(_event(fire.fire_id, fire.trigger, kind, stored, **fields))
             return events
 
+        token = row.lease_token
         if status == Status.RUN_STATUS_COMPLETED:
             row = await self._store.finish(row, status, output=output, describe=describe_end)
         else:
             reason = error if status == Status.RUN_STATUS_CANCELLED else ""
             row = await self._store.finish(row, status, error=error, reason=reason, describe=describe_end)
+        if row.lease_token != token:
+            return self._fenced(name)
         # No events when the run had already ended: whoever cancelled it recorded and published run.cancelled.
-        await self._publish(events, fire.policies.notify_url)
+        # A failed fire is in the dead-letter stream before run.failed announces it.
         if events and row.status in FAILED:
             await self._dead_letter(message, fire, row)
+        await self._publish(events, fire.policies.notify_url)
+        if events and row.status in FAILED:
             await self._maybe_pause(fire, row)
         log.info("run ended", run=name, status=Status.Name(row.status), ms=elapsed)
         return True
 
+    @staticmethod
+    def _fenced(name: str) -> bool:
+        """The attempt's result was refused: another executor holds the run now. Neither ack nor nak: the
+        message belongs to that executor's delivery."""
+        log.warning("the run's lease was taken over; this attempt's result is dropped", run=name)
+        return False
+
     async def _heartbeat(self) -> None:
-        """In-progress acks for every running attempt each third of ack_wait, so ack_wait only expires for a
-        fire whose executor is gone."""
+        """Each third of ack_wait: renews the lease of every running attempt, stops the attempts whose lease
+        another executor took (this process was stalled), and sends in-progress acks for the others, so
+        ack_wait only expires for a fire whose executor is gone or stalled."""
         while True:
             await asyncio.sleep(self._settings.ack_wait_s / 3)
-            for message in list(self._in_progress.values()):
+            if self._leases:
+                try:
+                    lost = await self._store.renew_leases(dict(self._leases))
+                except Exception as error:
+                    log.warning("renewing run leases failed", error=str(error))
+                    lost = set()
+                for run_id in lost:
+                    attempt = self._attempts.get(run_id)
+                    if attempt is not None and self._leases.get(run_id) is not None:
+                        self._lost.add(run_id)
+                        attempt.cancel()
+            for run_id, message in list(self._in_progress.items()):
+                if run_id in self._lost:
+                    continue
                 with contextlib.suppress(Exception):
                     await message.in_progress()
 
@@ -429,7 +500,3 @@ def _event(fire_id: str, trigger: str, kind: str, row: RunRow | None, **fields: 
     )
     event.time.GetCurrentTime()
     return event
-
-
-def _event_json(event: run_pb2.TraceEvent) -> dict[str, Any]:
-    return json_format.MessageToDict(event, preserving_proto_field_name=True)

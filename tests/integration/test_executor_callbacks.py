@@ -1,7 +1,8 @@
 """Signed HTTP traffic from the executor, against a real Starlette app under uvicorn on a free port that
 verifies every request with the `standardwebhooks` library: the http runner's envelope (webhook-id =
-run/attempt), notify_url callbacks of the lifecycle events (retried on 5xx, stopped on 410), and the
-per-workspace concurrency limit holding a run back until another one ends.
+run/attempt), notify_url callbacks of the lifecycle events (retried on 5xx, stopped on 410, and delivered
+after a restart when the executor process was SIGKILLed with one in flight), and the per-workspace
+concurrency limit holding a run back until another one ends.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from starlette.routing import Route
 from test_executor_policies import TEST_AGENTS, TIMEOUT_S, WORKSPACE, Executor, connect_executor, fast_retry
 
 from kairos.core import messaging
-from kairos.v1 import run_pb2, run_service_pb2, trigger_pb2
+from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.devtools.processes import ServiceProcesses
+from kairos.v1 import fire_pb2, run_pb2, run_service_pb2, trigger_pb2
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 Status = run_pb2.RunStatus
+NOOP = "kairos.testing_agents:noop"
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Peer:
     agent_calls: list[tuple[dict, dict]] = field(default_factory=list)
     notifications: list[tuple[str, dict]] = field(default_factory=list)
     gone_calls: list[dict] = field(default_factory=list)
+    held_calls: list[tuple[str, dict, bool]] = field(default_factory=list)  # (webhook-id, event, answered 2xx)
+    release_held: asyncio.Event = field(default_factory=asyncio.Event)
     failures_left: int = 1
     agent_failures_left: int = 1
     flaky_calls: list[dict] = field(default_factory=list)
@@ -84,6 +90,14 @@ def peer_app(peer: Peer) -> Starlette:
         await verified(request)
         return JSONResponse({"error": "bad_input"}, status_code=422)
 
+    async def held_notify(request: Request) -> Response:
+        event = await verified(request)
+        released = peer.release_held.is_set()
+        peer.held_calls.append((request.headers["webhook-id"], event, released))
+        peer.changed.set()
+        await peer.release_held.wait()
+        return Response(status_code=204)
+
     async def gone(request: Request) -> Response:
         peer.gone_calls.append(await verified(request))
         peer.changed.set()
@@ -94,6 +108,7 @@ def peer_app(peer: Peer) -> Starlette:
             Route("/agent", agent, methods=["POST"]),
             Route("/notify", notify, methods=["POST"]),
             Route("/gone", gone, methods=["POST"]),
+            Route("/held-notify", held_notify, methods=["POST"]),
             Route("/flaky-agent", flaky_agent, methods=["POST"]),
             Route("/refusing-agent", refusing_agent, methods=["POST"]),
         ]
@@ -111,6 +126,7 @@ async def peer() -> AsyncIterator[Peer]:
     try:
         yield result
     finally:
+        result.release_held.set()
         server.should_exit = True
         await task
         listener.close()
@@ -143,18 +159,26 @@ async def test_http_runner_and_notify_url_are_signed_retried_on_5xx_and_stopped_
 
     expected = ["trigger.fired", "run.started", "run.completed"]
     await peer.wait(lambda: len(peer.notifications) == len(expected) + 1)
-    ids = [webhook_id for webhook_id, _ in peer.notifications]
-    assert ids[0] == ids[1], "the callback answered 503 is retried with the same webhook-id"
-    events = [event for _, event in peer.notifications[1:]]
-    assert [event["type"] for event in events] == expected
-    assert {(event["fire_id"], event["source"]) for event in events} == {(fire_id, "AUTOMATION")}
-    assert events[-1]["run"] == ended.run
+    refused_id, refused = peer.notifications[0]
+    assert refused["type"] == "trigger.fired"
+    delivered = peer.notifications[1:]
+    assert [webhook_id for webhook_id, _ in delivered].count(refused_id) == 1, "answered 503, retried once"
+    assert sorted(event["type"] for _, event in delivered) == sorted(expected)
+    in_order = [event["type"] for _, event in delivered if event["type"] != "trigger.fired"]
+    assert in_order == ["run.started", "run.completed"], "one URL's callbacks go in order"
+    assert {(event["fire_id"], event["source"]) for _, event in delivered} == {(fire_id, "AUTOMATION")}
+    assert {event["run"] for _, event in delivered if event["type"] != "trigger.fired"} == {ended.run}
 
     gone = trigger_pb2.Policies(notify_url=f"{peer.url}/gone")
     for _ in range(2):
         fire_id = await executor.fire("gone", "kairos.testing_agents:noop", policies=gone)
         assert (await executor.ended(fire_id)).type == "run.completed"
-    assert [event["type"] for event in peer.gone_calls] == ["trigger.fired"]
+    # Another trigger's callback to the same URL goes after every earlier one to that URL: once it arrived,
+    # the first trigger's callbacks after its 410 were all seen, and dropped.
+    sentinel = await executor.fire("gone-too", "kairos.testing_agents:noop", policies=gone)
+    await peer.wait(lambda: any(event["fire_id"] == sentinel for event in peer.gone_calls))
+    first_trigger = [event["type"] for event in peer.gone_calls if event["fire_id"] != sentinel]
+    assert first_trigger == ["trigger.fired"]
 
 
 async def test_http_agent_5xx_is_retried_and_4xx_fails_at_once_into_the_dead_letters(
@@ -191,3 +215,46 @@ async def test_workspace_concurrency_limit_holds_a_run_until_another_ends(execut
     assert json.dumps(await held.next_ready())
     await held.release()
     assert (await executor.ended(second)).type == "run.completed"
+
+
+async def test_a_callback_in_flight_when_the_executor_is_killed_is_delivered_after_a_restart(
+    tmp_path: Path, peer: Peer
+) -> None:
+    async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
+        env = {
+            "KAIROS_NATS_URL": nats_server.url,
+            "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'executor.db'}",
+            "KAIROS_PYTHON_RUNNER_MODULES": TEST_AGENTS,
+            "KAIROS_NOTIFY_SIGNING_SECRET": SECRET,
+            "KAIROS_EXECUTOR_ACK_WAIT_S": "2",
+        }
+        async with ServiceProcesses(tmp_path / "logs", env) as launched:
+            executor = await launched.launch("executor")
+            nc = await messaging.connect(nats_server.url, "test-callbacks-crash")
+            try:
+                request = fire_pb2.FireRequest(
+                    fire_id="notified-1",
+                    trigger=f"workspaces/{WORKSPACE}/triggers/notified",
+                    trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK,
+                    action=trigger_pb2.Action(
+                        agent="agents/test",
+                        runner=trigger_pb2.Runner(python=trigger_pb2.PythonRunner(entry_point=NOOP)),
+                    ),
+                    policies=trigger_pb2.Policies(notify_url=f"{peer.url}/held-notify"),
+                )
+                subject = messaging.fire_subject(WORKSPACE, "notified")
+                await messaging.publish_fire(nc.jetstream(), subject, request.SerializeToString(), "notified-1")
+                await peer.wait(lambda: peer.held_calls)
+            finally:
+                await nc.close()
+            await executor.kill()
+            [(in_flight_id, in_flight, answered)] = peer.held_calls
+            assert (in_flight["type"], answered) == ("trigger.fired", False)
+
+            peer.release_held.set()
+            await executor.start()
+            expected = {"trigger.fired", "run.started", "run.completed"}
+            await peer.wait(lambda: {event["type"] for _, event, ok in peer.held_calls if ok} == expected)
+            delivered = [webhook_id for webhook_id, _, ok in peer.held_calls if ok]
+            assert in_flight_id in delivered, "the callback in flight at the kill is delivered after the restart"
+            assert {event["fire_id"] for _, event, _ in peer.held_calls} == {"notified-1"}

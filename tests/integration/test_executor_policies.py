@@ -1,6 +1,7 @@
 """The executor's policies against a real nats-server and real databases (SQLite and PostgreSQL), fires
 published straight onto KAIROS_FIRES: retries with backoff and their trace, dead letters, overlap (skip,
-buffer_one, cancel_other), the daily cap, CancelRun, and pausing a trigger after failures.
+buffer_one, cancel_other), the daily cap, fires of a paused trigger skipped (each skip with its reason),
+CancelRun, and pausing a trigger after failures.
 
 Agents come from `kairos.testing_agents`; a run is held mid-attempt by `wait_for_release` and let go by a
 NATS message. Every wait is on a trace event or a change-feed mirror, inside asyncio.timeout; nothing sleeps.
@@ -42,6 +43,8 @@ Status = run_pb2.RunStatus
 Overlap = trigger_pb2.OverlapPolicy
 SCHEDULE = run_pb2.TriggerType.TRIGGER_TYPE_SCHEDULE
 WEBHOOK = run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK
+MANUAL = run_pb2.TriggerType.TRIGGER_TYPE_MANUAL
+SkipReason = run_pb2.SkipReason
 
 
 def fast_retry(max_attempts: int) -> trigger_pb2.RetryPolicy:
@@ -232,8 +235,9 @@ async def test_overlap_skip_is_the_schedule_default_and_daily_cap_skips_beyond_t
     await held.next_ready()
     second = await executor.fire("nightly", "kairos.testing_agents:noop", trigger_type=SCHEDULE)
     skipped = await executor.ended(second)
-    assert skipped.type == "run.skipped"
-    assert (await executor.run(skipped.run)).status_reason == "overlap"
+    assert (skipped.type, skipped.skip_reason) == ("run.skipped", SkipReason.SKIP_REASON_OVERLAP)
+    run = await executor.run(skipped.run)
+    assert (run.status_reason, run.skip_reason) == ("overlap", SkipReason.SKIP_REASON_OVERLAP)
     await held.release()
     assert (await executor.ended(first)).type == "run.completed"
 
@@ -242,9 +246,46 @@ async def test_overlap_skip_is_the_schedule_default_and_daily_cap_skips_beyond_t
     assert (await executor.ended(allowed)).type == "run.completed"
     beyond = await executor.fire("capped", "kairos.testing_agents:noop", policies=capped, timezone="Asia/Tokyo")
     over = await executor.ended(beyond)
-    assert over.type == "run.skipped"
+    assert (over.type, over.skip_reason) == ("run.skipped", SkipReason.SKIP_REASON_DAILY_CAP)
     run = await executor.run(over.run)
     assert (run.status, run.status_reason) == (Status.RUN_STATUS_SKIPPED, "daily cap")
+    assert run.skip_reason == SkipReason.SKIP_REASON_DAILY_CAP
+    trace = (await executor.client.runs.GetRunTrace(run_service_pb2.GetRunTraceRequest(name=over.run))).events
+    assert [(event.type, event.skip_reason) for event in trace] == [
+        ("trigger.fired", SkipReason.SKIP_REASON_UNSPECIFIED),
+        ("run.skipped", SkipReason.SKIP_REASON_DAILY_CAP),
+    ]
+
+
+async def test_a_fire_of_a_paused_trigger_is_skipped_unless_it_is_manual(executor: Executor) -> None:
+    created = await executor.client.triggers.CreateTrigger(
+        trigger_service_pb2.CreateTriggerRequest(trigger=webhook_trigger(entry_point="kairos.testing_agents:noop"))
+    )
+    trigger_id = created.trigger.name.rsplit("/", 1)[1]
+    before = await executor.fire(trigger_id, "kairos.testing_agents:noop")
+    assert (await executor.ended(before)).type == "run.completed"
+
+    await executor.client.triggers.PauseTrigger(
+        trigger_service_pb2.PauseTriggerRequest(name=created.trigger.name, note="maintenance")
+    )
+    seen_by_executor: KvMirror[trigger_pb2.Trigger] = executor.suite.runtime.extras["executor.triggers"]
+    async with asyncio.timeout(TIMEOUT_S):
+        await seen_by_executor.wait_until(
+            f"{WORKSPACE}.{trigger_id}",
+            lambda trigger: trigger is not None and trigger.state == trigger_pb2.TriggerState.TRIGGER_STATE_PAUSED,
+        )
+    paused = await executor.fire(trigger_id, "kairos.testing_agents:noop")
+    skipped = await executor.ended(paused)
+    assert (skipped.type, skipped.skip_reason) == ("run.skipped", SkipReason.SKIP_REASON_PAUSED)
+    run = await executor.run(skipped.run)
+    assert (run.status, run.skip_reason, run.status_reason) == (
+        Status.RUN_STATUS_SKIPPED,
+        SkipReason.SKIP_REASON_PAUSED,
+        "paused",
+    )
+    manual = await executor.fire(trigger_id, "kairos.testing_agents:noop", trigger_type=MANUAL)
+    ran = await executor.ended(manual)
+    assert (ran.type, ran.skip_reason) == ("run.completed", SkipReason.SKIP_REASON_UNSPECIFIED)
 
 
 async def test_buffer_one_keeps_one_waiting_and_cancel_run_stops_a_pending_one(executor: Executor) -> None:
