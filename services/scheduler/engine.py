@@ -122,6 +122,7 @@ class SchedulerEngine:
         self._generations = itertools.count(1)
         self._compiled: dict[bytes, Schedule] = {}
         self._next_cache: dict[tuple[bytes, int], int | None] = {}
+        self._instant_texts: dict[int, str] = {}
         self._wakeup = asyncio.Event()
         self._pending: set[asyncio.Future] = set()
         # Progress of the held shards' triggers, by shard; released shards wait in `_unsaved` for their write.
@@ -385,11 +386,12 @@ class SchedulerEngine:
         The ack arrives in `_acknowledged`; a fire JetStream does not acknowledge (after `PUBLISH_ATTEMPTS`
         attempts of `ACK_TIMEOUT_S`) is re-planned a second later, as long as this replica still plans it.
         """
-        fire = fire_pb2.FireRequest(fire_id=fire_id(tracked.name, from_micros(instant)))
+        fire = fire_pb2.FireRequest(fire_id=f"{tracked.name}@{self._instant_text(instant)}")
         seconds, micros = divmod(instant, 1_000_000)
         fire.scheduled_time.seconds = seconds
         fire.scheduled_time.nanos = micros * 1000
-        fire.fire_time.FromNanoseconds(time.time_ns())
+        fired_ns = time.time_ns()
+        fire.fire_time.seconds, fire.fire_time.nanos = divmod(fired_ns, 1_000_000_000)
         try:
             future = await self._publisher.submit(
                 tracked.subject,
@@ -405,6 +407,15 @@ class SchedulerEngine:
         future.add_done_callback(
             functools.partial(self._acknowledged, key, tracked, tracked.generation, instant, publish_at)
         )
+
+    def _instant_text(self, instant: int) -> str:
+        """The ISO text of a fire instant, memoised: many triggers fire at the same instants."""
+        text = self._instant_texts.get(instant)
+        if text is None:
+            if len(self._instant_texts) > 10_000:
+                self._instant_texts.clear()
+            text = self._instant_texts[instant] = iso(from_micros(instant))
+        return text
 
     def _acknowledged(
         self, key: str, tracked: Tracked, generation: int, instant: int, publish_at: int, future: asyncio.Future

@@ -177,9 +177,60 @@ async def test_close_fails_publishes_still_waiting(nc) -> None:
         await listener.unsubscribe()
 
 
+async def test_a_full_window_holds_further_publishes_back(nc) -> None:
+    subject = f"pubtest.window.{uuid.uuid4().hex[:12]}"
+    received: list[bytes] = []
+
+    async def silent(message) -> None:
+        received.append(message.data)
+
+    listener = await nc.subscribe(subject, cb=silent)
+    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0)
+    await publisher.start()
+    try:
+        first = [await publisher.submit(subject, str(i).encode()) for i in range(2)]
+        third = asyncio.create_task(publisher.submit(subject, b"2"))
+        async with asyncio.timeout(WAIT_S):
+            await nc.flush()  # a round trip: the third publish, had it been sent, arrives before the PONG
+            while len(received) < 2:
+                await nc.flush()
+        assert not third.done() and received == [b"0", b"1"] and publisher.in_flight == 2
+        await publisher.close()
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(PublisherClosedError):
+                await third
+            for pending in first:
+                with pytest.raises(PublisherClosedError):
+                    await pending
+    finally:
+        await publisher.close()
+        await listener.unsubscribe()
+
+
 async def test_publish_before_start_is_an_error(nc) -> None:
     with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
         await JetStreamPublisher(nc).publish("pubtest.x", b"x")
+
+
+@pytest.mark.parametrize(
+    ("subject", "headers", "problem"),
+    [
+        ("bad subject", None, "invalid NATS subject"),
+        ("", None, "invalid NATS subject"),
+        ("pubtest.ok", {"X-Bad": "line\r\nbreak"}, "line break"),
+        ("pubtest.ok", {"Bad Name": "x"}, "invalid NATS header name"),
+        ("pubtest.ok", {"": "x"}, "invalid NATS header name"),
+    ],
+)
+async def test_what_would_break_the_protocol_is_refused(publisher, subject, headers, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
+        await publisher.submit(subject, b"x", headers=headers)
+    assert publisher.in_flight == 0
+
+
+async def test_payload_over_the_server_limit_is_refused(nc, publisher) -> None:
+    with pytest.raises(JetStreamPublishError, match="exceeds"):
+        await publisher.submit("pubtest.big", b"x" * (nc.max_payload + 1))
 
 
 async def _ignore(message) -> None:
