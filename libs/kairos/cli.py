@@ -122,9 +122,10 @@ def _dev_secret_key(data_dir: Path) -> str:
 def _serve(args: argparse.Namespace) -> int:
     config = ServiceConfig.from_env()
     configure_logging(config.log_format, config.log_level)
-    if args.service == "ingress":
-        # The webhook endpoint's throughput depends on the event loop (tests/benchmarks/bench_ingress.py); uvloop
-        # comes with uvicorn[standard] where the platform has it.
+    if args.service in ("ingress", "scheduler"):
+        # The webhook endpoint's throughput and the scheduler's fire lag depend on the event loop
+        # (tests/benchmarks/bench_ingress.py, bench_scheduler.py); uvloop comes with uvicorn[standard] where the
+        # platform has it.
         try:
             import uvloop
         except ImportError:

@@ -6,7 +6,12 @@ hold a shard) never runs twice. Progress (the last instant fired per trigger) is
 `kairos_scheduler` KV bucket after JetStream acknowledged the fire, so a restarted scheduler neither repeats
 fires nor forgets those that fell due while it was down: those are handled by the trigger's catch-up policy,
 and every fire the policy does not run is counted in the progress and emitted as a `trigger.skipped` trace
-event. Fires are published without waiting for each ack (up to 4,000 pending), and progress is written in batches.
+event.
+
+Speed: time is kept in integer Unix microseconds; fires go out through the shared `JetStreamPublisher`
+(up to 4,000 awaiting their ack, each attempt with a deadline, re-sent with the same Msg-Id); progress is one
+document per shard, written at most once a second; the timer wakes shortly before a fire is due and yields
+in a tight loop for the last `SPIN_US`, since the event loop's timers are only millisecond-accurate.
 """
 
 from __future__ import annotations
@@ -17,44 +22,56 @@ import functools
 import heapq
 import itertools
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
 
 from kairos.core import messaging
 from kairos.core.errors import KairosError
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import parse_trigger
 from kairos.core.schedule import Schedule, compile_schedule
 from kairos.core.tasks import spawn
-from kairos.scheduler.state import Progress, SchedulerState, iso
+from kairos.scheduler.state import (
+    NUM_SHARDS,
+    ProgressEntry,
+    SchedulerState,
+    encode_shard_progress,
+    from_micros,
+    iso,
+    progress_key,
+    shard_of,
+    to_micros,
+)
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
+
+__all__ = ["NUM_SHARDS", "SchedulerEngine", "catchup_fires", "fire_id", "shard_of"]
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_CATCHUP_WINDOW = timedelta(hours=1)
 DEFAULT_CATCHUP_MAX_FIRES = 100
-NUM_SHARDS = 64
-ACK_TIMEOUT_S = 10.0
-RETRY_AFTER = timedelta(seconds=1)
-PROGRESS_SUBJECT_PREFIX = f"$KV.{messaging.SCHEDULER_BUCKET}."
+ACK_TIMEOUT_S = 5.0  # per attempt; a fire is sent twice (same Msg-Id) before it is re-planned
+PUBLISH_ATTEMPTS = 2
+MAX_IN_FLIGHT = 4000
+RETRY_AFTER_US = 1_000_000
+PROGRESS_EVERY_S = 1.0
+SPIN_US = 2_000
 SKIPPED_EVENTS_PER_PLAN = 100
 Mode = trigger_pb2.CatchupMode
 ACTIVE = trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE
-_ONE_MICROSECOND = timedelta(microseconds=1)
+_PROGRESS_SUBJECT_PREFIX = f"$KV.{messaging.SCHEDULER_BUCKET}."
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def fire_id(trigger_name: str, instant: datetime) -> str:
     return f"{trigger_name}@{iso(instant)}"
-
-
-def shard_of(key: str, shards: int = NUM_SHARDS) -> int:
-    """The shard of a trigger's feed key (`<workspace>.<trigger>`): a stable hash every replica agrees on."""
-    return zlib.crc32(key.encode()) % shards
 
 
 def catchup_fires(trigger: trigger_pb2.Trigger, missed: list[datetime], now: datetime) -> tuple[list[datetime], int]:
@@ -81,35 +98,40 @@ class Tracked:
     name: str
     shard: int
     schedule: Schedule
-    changed_at: datetime
-    next_fire: datetime | None = None
+    changed_at: int  # Unix microseconds
+    next_fire: int | None = None
     generation: int = 0
 
 
 class SchedulerEngine:
     """Knows every active schedule trigger, plans those of the shards it holds, and fires them on time."""
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext, state: SchedulerState, replica_id: str) -> None:
+    def __init__(self, nc: NatsClient, state: SchedulerState, replica_id: str) -> None:
         self._nc = nc
-        self._js = js
         self._state = state
         self.replica_id = replica_id
+        self._publisher = JetStreamPublisher(
+            nc, max_in_flight=MAX_IN_FLIGHT, timeout=ACK_TIMEOUT_S, attempts=PUBLISH_ATTEMPTS
+        )
         self._tracked: dict[str, Tracked] = {}
         self._shard_keys: list[set[str]] = [set() for _ in range(NUM_SHARDS)]
         self.held: set[int] = set()
-        self._heap: list[tuple[datetime, int, str, int, datetime]] = []
+        # (publish at, tie-breaker, key, generation, scheduled instant), instants in Unix microseconds
+        self._heap: list[tuple[int, int, str, int, int]] = []
         self._sequence = itertools.count()
         self._generations = itertools.count(1)
         self._compiled: dict[bytes, Schedule] = {}
-        self._next_cache: dict[tuple[bytes, int], datetime | None] = {}
+        self._next_cache: dict[tuple[bytes, int], int | None] = {}
+        self._instant_texts: dict[int, str] = {}
         self._wakeup = asyncio.Event()
         self._pending: set[asyncio.Future] = set()
-        self._dirty: dict[str, Progress] = {}
-        self._local_progress: dict[str, Progress] = {}
-        self._dirty_event = asyncio.Event()
+        # Progress of the held shards' triggers, by shard; released shards wait in `_unsaved` for their write.
+        self._progress: dict[int, dict[str, ProgressEntry]] = {}
+        self._unsaved: dict[int, dict[str, ProgressEntry]] = {}
+        self._dirty: set[int] = set()
         self._tasks: list[asyncio.Task] = []
-        # nats-py can swallow a cancellation (its flush path catches CancelledError, publish_async turns it into
-        # TooManyStalledMsgsError), so every loop also ends on this event instead of relying on cancel alone.
+        # nats-py can swallow a cancellation (its flush path catches CancelledError), so every loop also ends on
+        # this event instead of relying on cancel alone.
         self._stopping = asyncio.Event()
         self.fires_published = 0
         self.skipped_fires = 0
@@ -130,6 +152,7 @@ class SchedulerEngine:
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        await self._publisher.start()
         self._tasks = [
             spawn(self._fire_loop(), "scheduler-timer"),
             spawn(self._write_progress(), "scheduler-progress"),
@@ -140,7 +163,6 @@ class SchedulerEngine:
         log.info("scheduler engine stopping", in_flight=len(self._pending), unsaved=len(self._dirty))
         self._stopping.set()
         self._wakeup.set()
-        self._dirty_event.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -149,6 +171,7 @@ class SchedulerEngine:
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=grace)
         await self._flush_progress()
+        await self._publisher.close()
         log.info("scheduler engine stopped")
 
     # ------------------------------------------------------------------------------------ the change feed
@@ -160,12 +183,18 @@ class SchedulerEngine:
             self._shard_keys[previous.shard].discard(key)
         tracked = self._track(key, data) if data else None
         if tracked is None:
-            self._local_progress.pop(key, None)
+            if previous is not None and self._forget_progress(previous.shard, key):
+                self._dirty.add(previous.shard)
             return
         self._tracked[key] = tracked
         self._shard_keys[tracked.shard].add(key)
         if tracked.shard in self.held:
-            self._plan(key, tracked, datetime.now(UTC), late_since=None)
+            self._plan(key, tracked, now_us(), late_since=None)
+
+    def _forget_progress(self, shard: int, key: str) -> bool:
+        """Drops a trigger that is no longer scheduled from its shard's progress; True if it was there."""
+        triggers = self._progress.get(shard)
+        return triggers is not None and triggers.pop(key, None) is not None
 
     def _track(self, key: str, data: bytes) -> Tracked | None:
         trigger = trigger_pb2.Trigger.FromString(data)
@@ -176,7 +205,7 @@ class SchedulerEngine:
         except KairosError as error:
             log.error("trigger has an invalid schedule; not scheduling it", key=key, error=str(error))
             return None
-        changed_at = trigger.update_time.ToDatetime(UTC) - _ONE_MICROSECOND
+        changed_at = trigger.update_time.ToMicroseconds() - 1
         name = parse_trigger(trigger.name, "trigger")
         template = fire_pb2.FireRequest(
             trigger=trigger.name,
@@ -201,19 +230,18 @@ class SchedulerEngine:
             schedule = self._compiled[serialized] = compile_schedule(source, anchor=anchor)
         return schedule
 
-    def _next_after(self, schedule: Schedule, after: datetime) -> datetime | None:
-        """`schedule.next_fire_after`, memoised for cron (whose answer depends only on the second)."""
+    def _next_after(self, schedule: Schedule, after: int) -> int | None:
+        """`schedule.next_fire_after_us`, memoised for cron (whose answer depends only on the second)."""
         if schedule.kind != "cron":
-            return schedule.next_fire_after(after)
-        second = int(after.timestamp() // 1)
-        cache_key = (schedule.serialized_source, second)
+            return schedule.next_fire_after_us(after)
+        cache_key = (schedule.serialized_source, after // 1_000_000)
         try:
             return self._next_cache[cache_key]
         except KeyError:
             pass
         if len(self._next_cache) > 100_000:
             self._next_cache.clear()
-        found = self._next_cache[cache_key] = schedule.next_fire_after(after)
+        found = self._next_cache[cache_key] = schedule.next_fire_after_us(after)
         return found
 
     # ------------------------------------------------------------------------------------ shards
@@ -225,45 +253,53 @@ class SchedulerEngine:
         not missed: all of them fire. Older missed fires follow the trigger's catch-up policy.
         """
         self.held.add(shard)
-        now = datetime.now(UTC)
-        for key in list(self._shard_keys[shard]):
-            self._plan(key, self._tracked[key], now, late_since)
-        log.info("shard acquired", shard=shard, triggers=len(self._shard_keys[shard]))
+        keys = self._shard_keys[shard]
+        unsaved = self._unsaved.pop(shard, None)
+        self._progress[shard] = unsaved if unsaved is not None else self._state.shard_progress(shard, keys)
+        if unsaved is not None:
+            self._dirty.add(shard)
+        now = now_us()
+        late = None if late_since is None else to_micros(late_since)
+        for key in list(keys):
+            self._plan(key, self._tracked[key], now, late)
+        log.info("shard acquired", shard=shard, triggers=len(keys))
 
     def release(self, shard: int) -> None:
         """Stops firing the triggers of `shard` (a fire already in flight still completes)."""
         self.held.discard(shard)
         for key in self._shard_keys[shard]:
             self._tracked[key].generation = 0
-            self._local_progress.pop(key, None)
+        triggers = self._progress.pop(shard, None)
+        if triggers is not None and shard in self._dirty:
+            self._unsaved[shard] = triggers
         log.info("shard released", shard=shard)
 
     # ------------------------------------------------------------------------------------ planning
 
-    def progress(self, key: str) -> Progress:
-        local = self._local_progress.get(key)
-        return local if local is not None else self._state.progress(key)
-
-    def _plan(self, key: str, tracked: Tracked, now: datetime, late_since: datetime | None) -> None:
-        progress = self.progress(key)
+    def _plan(self, key: str, tracked: Tracked, now: int, late_since: int | None) -> None:
+        entry = self._progress[tracked.shard].get(key)
+        last_fired = entry[0] if entry is not None else None
         since = tracked.changed_at
-        if progress.last_fired is not None and progress.last_fired > since:
-            since = progress.last_fired
-        missed: list[datetime] = []
+        if last_fired is not None and last_fired > since:
+            since = last_fired
+        missed: list[int] = []
         if since < now:
             instant = self._next_after(tracked.schedule, since)
             while instant is not None and instant <= now:
                 missed.append(instant)
                 instant = self._next_after(tracked.schedule, instant)
-        due: list[datetime] = []
+        due: list[int] = []
         if missed:
             late = [instant for instant in missed if late_since is not None and instant > late_since]
             earlier = missed[: len(missed) - len(late)]
             policies = fire_pb2.FireRequest.FromString(tracked.fire_template).policies
-            chosen, skipped = catchup_fires(trigger_pb2.Trigger(policies=policies), earlier, now)
+            chosen_times, skipped = catchup_fires(
+                trigger_pb2.Trigger(policies=policies), [from_micros(us) for us in earlier], from_micros(now)
+            )
+            chosen = [to_micros(instant) for instant in chosen_times]
             due = chosen + late
             if skipped:
-                self._skip(key, tracked, [instant for instant in earlier if instant not in chosen], progress)
+                self._skip(key, tracked, [instant for instant in earlier if instant not in chosen])
         tracked.generation = next(self._generations)
         tracked.next_fire = self._next_after(tracked.schedule, max(now, since))
         for instant in due:
@@ -271,29 +307,32 @@ class SchedulerEngine:
         if tracked.next_fire is not None:
             self._push(key, tracked, tracked.next_fire)
 
-    def _push(self, key: str, tracked: Tracked, instant: datetime) -> None:
+    def _push(self, key: str, tracked: Tracked, instant: int) -> None:
         publish_at = instant
         if tracked.schedule.jitter:
-            publish_at = instant + tracked.schedule.jitter_for(instant, tracked.name)
+            publish_at = instant + tracked.schedule.jitter_us(instant, tracked.name)
         heapq.heappush(self._heap, (publish_at, next(self._sequence), key, tracked.generation, instant))
         if self._heap[0][0] == publish_at:
             self._wakeup.set()
 
-    def _skip(self, key: str, tracked: Tracked, skipped: list[datetime], progress: Progress) -> None:
+    def _skip(self, key: str, tracked: Tracked, skipped: list[int]) -> None:
         """Counts missed fires the catch-up policy does not run and emits one trace event per instant."""
         self.skipped_fires += len(skipped)
-        counted = Progress(progress.last_fired, progress.skipped + len(skipped))
-        self._save(key, counted)
+        triggers = self._progress[tracked.shard]
+        last_fired, count = triggers.get(key) or (None, 0)
+        triggers[key] = [last_fired, count + len(skipped)]
+        self._dirty.add(tracked.shard)
         log.info("missed fires skipped by the catch-up policy", key=key, skipped=len(skipped))
         name = parse_trigger(tracked.name, "trigger")
         subject = messaging.trace_subject(name.workspace, name.trigger)
         reason = f"missed while no scheduler ran it; {len(skipped)} missed fire(s) skipped by the catch-up policy"
         for instant in skipped[-SKIPPED_EVENTS_PER_PLAN:]:
+            skipped_fire = fire_id(tracked.name, from_micros(instant))
             event = run_pb2.TraceEvent(
-                id=f"{fire_id(tracked.name, instant)}/trigger.skipped",
+                id=f"{skipped_fire}/trigger.skipped",
                 type="trigger.skipped",
                 source="AUTOMATION",
-                fire_id=fire_id(tracked.name, instant),
+                fire_id=skipped_fire,
                 trigger=tracked.name,
                 status=run_pb2.RunStatus.RUN_STATUS_SKIPPED,
                 error_message=reason,
@@ -310,12 +349,14 @@ class SchedulerEngine:
     # ------------------------------------------------------------------------------------ firing
 
     async def _fire_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
         while not self._stopping.is_set():
             self._wakeup.clear()
-            now = datetime.now(UTC)
+            now = now_us()
             popped = 0
-            while self._heap and self._heap[0][0] <= now:
-                publish_at, _, key, generation, instant = heapq.heappop(self._heap)
+            while heap and heap[0][0] <= now:
+                publish_at, _, key, generation, instant = heapq.heappop(heap)
                 tracked = self._tracked.get(key)
                 if tracked is None or tracked.generation != generation:
                     continue
@@ -327,105 +368,125 @@ class SchedulerEngine:
                 popped += 1
                 if popped % 512 == 0:
                     await asyncio.sleep(0)
-            delay = (self._heap[0][0] - datetime.now(UTC)).total_seconds() if self._heap else 60.0
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                    now = now_us()
+            if popped:
+                await asyncio.sleep(0)  # let the connection's flusher send what was just published
+                continue
+            delay = heap[0][0] - now_us() if heap else 60_000_000
+            if delay > SPIN_US:
+                timer = loop.call_later((delay - SPIN_US) / 1e6, self._wakeup.set)
+                await self._wakeup.wait()
+                timer.cancel()
+            elif delay > 0:
+                await asyncio.sleep(0)  # the last moments before a fire: yield, but do not sleep past it
 
-    def _still_mine(self, key: str, generation: int) -> bool:
-        tracked = self._tracked.get(key)
-        return tracked is not None and tracked.generation == generation
+    async def _publish(self, key: str, tracked: Tracked, instant: int, publish_at: int) -> None:
+        """Publishes one fire without waiting for its ack; waits only while `MAX_IN_FLIGHT` await theirs.
 
-    async def _publish(self, key: str, tracked: Tracked, instant: datetime, publish_at: datetime) -> None:
-        """Publishes one fire without waiting for its ack (JetStream's async publish; at most 4,000 pending).
-
-        The ack arrives in `_acknowledged`; a fire not acknowledged within `ACK_TIMEOUT_S` is retried a second
-        later through the heap, as long as this replica still plans the trigger.
+        The ack arrives in `_acknowledged`; a fire JetStream does not acknowledge (after `PUBLISH_ATTEMPTS`
+        attempts of `ACK_TIMEOUT_S`) is re-planned a second later, as long as this replica still plans it.
         """
-        fire = fire_pb2.FireRequest(fire_id=fire_id(tracked.name, instant))
-        fire.scheduled_time.FromDatetime(instant)
-        fire.fire_time.FromNanoseconds(time.time_ns())
-        retry = (key, tracked.generation, instant)
+        fire = fire_pb2.FireRequest(fire_id=f"{tracked.name}@{self._instant_text(instant)}")
+        seconds, micros = divmod(instant, 1_000_000)
+        fire.scheduled_time.seconds = seconds
+        fire.scheduled_time.nanos = micros * 1000
+        fired_ns = time.time_ns()
+        fire.fire_time.seconds, fire.fire_time.nanos = divmod(fired_ns, 1_000_000_000)
         try:
-            future = await self._js.publish_async(
+            future = await self._publisher.submit(
                 tracked.subject,
                 tracked.fire_template + fire.SerializeToString(),
+                msg_id=fire.fire_id,
                 stream=messaging.FIRES_STREAM,
-                headers={messaging.MSG_ID_HEADER: fire.fire_id},
             )
         except Exception as error:
             log.warning("cannot publish a fire; retrying", fire_id=fire.fire_id, error=str(error))
-            self._retry(*retry)
+            self._retry(key, tracked.generation, instant)
             return
-        timer = asyncio.get_running_loop().call_later(ACK_TIMEOUT_S, future.cancel)
         self._pending.add(future)
         future.add_done_callback(
-            functools.partial(self._acknowledged, key, tracked, retry, publish_at, fire.fire_id, timer)
+            functools.partial(self._acknowledged, key, tracked, tracked.generation, instant, publish_at)
         )
 
+    def _instant_text(self, instant: int) -> str:
+        """The ISO text of a fire instant, memoised: many triggers fire at the same instants."""
+        text = self._instant_texts.get(instant)
+        if text is None:
+            if len(self._instant_texts) > 10_000:
+                self._instant_texts.clear()
+            text = self._instant_texts[instant] = iso(from_micros(instant))
+        return text
+
     def _acknowledged(
-        self,
-        key: str,
-        tracked: Tracked,
-        retry: tuple[str, int, datetime],
-        publish_at: datetime,
-        fire: str,
-        timer: asyncio.TimerHandle,
-        future: asyncio.Future,
+        self, key: str, tracked: Tracked, generation: int, instant: int, publish_at: int, future: asyncio.Future
     ) -> None:
-        timer.cancel()
         self._pending.discard(future)
-        if future.cancelled() or future.exception() is not None:
-            error = "no ack in time" if future.cancelled() else str(future.exception())
-            log.warning("fire not acknowledged; retrying", fire_id=fire, error=error)
-            self._retry(*retry)
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            log.warning(
+                "fire not acknowledged; retrying", fire_id=fire_id(tracked.name, from_micros(instant)), error=str(error)
+            )
+            self._retry(key, generation, instant)
             return
         if future.result().duplicate:
-            log.info("fire was already published", fire_id=fire)
-        self._lags_ms.append((datetime.now(UTC) - publish_at).total_seconds() * 1000)
+            log.info("fire was already published", fire_id=fire_id(tracked.name, from_micros(instant)))
+        self._lags_ms.append((now_us() - publish_at) / 1000)
         self.fires_published += 1
-        instant = retry[2]
-        if key in self._tracked and tracked.shard in self.held:
-            progress = self.progress(key)
-            if progress.last_fired is None or instant > progress.last_fired:
-                self._save(key, Progress(instant, progress.skipped))
+        triggers = self._progress.get(tracked.shard)
+        if triggers is None or key not in self._tracked:
+            return
+        entry = triggers.get(key)
+        if entry is None:
+            triggers[key] = [instant, 0]
+        elif entry[0] is None or instant > entry[0]:
+            entry[0] = instant
+        else:
+            return
+        self._dirty.add(tracked.shard)
 
-    def _retry(self, key: str, generation: int, instant: datetime) -> None:
-        if self._still_mine(key, generation):
-            retry_at = datetime.now(UTC) + RETRY_AFTER
-            heapq.heappush(self._heap, (retry_at, next(self._sequence), key, generation, instant))
+    def _retry(self, key: str, generation: int, instant: int) -> None:
+        tracked = self._tracked.get(key)
+        if tracked is not None and tracked.generation == generation:
+            heapq.heappush(self._heap, (now_us() + RETRY_AFTER_US, next(self._sequence), key, generation, instant))
             self._wakeup.set()
 
     # ------------------------------------------------------------------------------------ progress
 
-    def _save(self, key: str, progress: Progress) -> None:
-        self._local_progress[key] = progress
-        self._dirty[key] = progress
-        self._dirty_event.set()
-
     async def _write_progress(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty_event.wait(), timeout=1.0)
-            self._dirty_event.clear()
+                await asyncio.wait_for(self._stopping.wait(), timeout=PROGRESS_EVERY_S)
             await self._flush_progress()
 
     async def _flush_progress(self) -> None:
-        """Writes the changed progress with pipelined publishes; failed writes are retried on the next round."""
-        batch, self._dirty = self._dirty, {}
-        writes: list[tuple[str, Progress, asyncio.Future]] = []
-        for key, progress in batch.items():
-            try:
-                future = await self._js.publish_async(f"{PROGRESS_SUBJECT_PREFIX}{key}", progress.encode())
-            except Exception as error:
-                log.warning("cannot save progress; will retry", key=key, error=str(error))
-                self._dirty.setdefault(key, progress)
+        """Writes the progress document of every shard that changed; a failed write is retried next round."""
+        dirty, self._dirty = self._dirty, set()
+        unsaved, self._unsaved = self._unsaved, {}
+        writes: list[tuple[int, dict[str, ProgressEntry], asyncio.Future]] = []
+        for shard in dirty | set(unsaved):
+            triggers = self._progress.get(shard, unsaved.get(shard))
+            if triggers is None:
                 continue
-            writes.append((key, progress, future))
+            try:
+                future = await self._publisher.submit(
+                    f"{_PROGRESS_SUBJECT_PREFIX}{progress_key(shard)}", encode_shard_progress(triggers)
+                )
+            except Exception as error:
+                log.warning("cannot save progress; will retry", shard=shard, error=str(error))
+                self._keep_unsaved(shard, triggers)
+                continue
+            writes.append((shard, triggers, future))
         if not writes:
             return
-        await asyncio.wait([future for _, _, future in writes], timeout=ACK_TIMEOUT_S)
-        for key, progress, future in writes:
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                future.cancel()
-                self._dirty.setdefault(key, progress)
+        await asyncio.wait([future for _, _, future in writes])
+        for shard, triggers, future in writes:
+            if future.cancelled() or future.exception() is not None:
+                error = "cancelled" if future.cancelled() else str(future.exception())
+                log.warning("cannot save progress; will retry", shard=shard, error=error)
+                self._keep_unsaved(shard, triggers)
+
+    def _keep_unsaved(self, shard: int, triggers: dict[str, ProgressEntry]) -> None:
+        if self._progress.get(shard) is triggers:
+            self._dirty.add(shard)
+        elif shard not in self._progress:
+            self._unsaved.setdefault(shard, triggers)

@@ -1,12 +1,17 @@
 """What the scheduler keeps in the `kairos_scheduler` KV bucket, and a live view of it.
 
 Keys:
-    `<workspace>.<trigger>`   progress of one trigger: the last instant fired and the fires skipped so far
+    `_progress.<shard>`       progress of the triggers of one shard, written by its holder at most once a second:
+                              `{"v": 1, "triggers": {"<workspace>.<trigger>": [last fired, skipped]}}`, the last
+                              instant fired (acknowledged by JetStream) in Unix microseconds (null if none yet) and
+                              the count of missed fires the catch-up policy skipped
+    `<workspace>.<trigger>`   progress of one trigger as older schedulers wrote it (still read, no longer written)
     `_lease.<shard>`          who holds a shard, renewed every second (see `shards.py`)
     `_replica.<replica id>`   a replica's heartbeat: its shards, scheduled triggers and fire lag
 
 Every replica watches the whole bucket, so it knows every trigger's progress before it takes over a shard,
-and sees the leases and heartbeats of the others. Values are small JSON documents.
+and sees the leases and heartbeats of the others. Values are JSON documents. `read_progress` reads one
+trigger's progress (for the registry, which reports the skipped count on the trigger).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import asyncio
 import contextlib
 import json
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats.js.errors
+import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -30,12 +38,54 @@ from kairos.core.messaging import SCHEDULER_BUCKET
 
 log = structlog.get_logger(__name__)
 
+NUM_SHARDS = 64
 LEASE_PREFIX = "_lease."
 REPLICA_PREFIX = "_replica."
+PROGRESS_PREFIX = "_progress."
+PROGRESS_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# One trigger's progress in a shard document: [last instant fired in Unix microseconds or None, skipped].
+ProgressEntry = list[int | None]
 
 
 def iso(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def to_micros(instant: datetime) -> int:
+    return (instant - _EPOCH) // timedelta(microseconds=1)
+
+
+def shard_of(key: str, shards: int = NUM_SHARDS) -> int:
+    """The shard of a trigger's feed key (`<workspace>.<trigger>`): a stable hash every replica agrees on."""
+    return zlib.crc32(key.encode()) % shards
+
+
+def progress_key(shard: int) -> str:
+    return f"{PROGRESS_PREFIX}{shard:03d}"
+
+
+def encode_shard_progress(triggers: dict[str, ProgressEntry]) -> bytes:
+    return orjson.dumps({"v": PROGRESS_VERSION, "triggers": triggers})
+
+
+def decode_shard_progress(data: bytes | None) -> dict[str, ProgressEntry]:
+    """The triggers of a shard progress document; an unreadable document counts as empty (and is logged)."""
+    if not data:
+        return {}
+    try:
+        triggers = orjson.loads(data)["triggers"]
+        if isinstance(triggers, dict):
+            return triggers
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    log.error("unreadable shard progress document; treating it as empty", value=data[:200])
+    return {}
 
 
 @dataclass
@@ -62,6 +112,27 @@ class Progress:
         document = json.loads(text)
         last = document.get("last_fired")
         return cls(datetime.fromisoformat(last) if last else None, int(document.get("skipped", 0)))
+
+    @classmethod
+    def from_entry(cls, entry: ProgressEntry) -> Progress:
+        last_us, skipped = entry
+        return cls(None if last_us is None else from_micros(last_us), skipped)
+
+
+async def read_progress(kv: KeyValue, key: str) -> Progress:
+    """One trigger's progress (`key` is `<workspace>.<trigger>`), from its shard document, else from the key an
+    older scheduler wrote; an empty Progress when the trigger never fired nor skipped."""
+    try:
+        document = (await kv.get(progress_key(shard_of(key)))).value
+    except nats.js.errors.KeyNotFoundError:
+        document = None
+    entry = decode_shard_progress(document).get(key)
+    if entry is not None:
+        return Progress.from_entry(entry)
+    try:
+        return Progress.decode((await kv.get(key)).value)
+    except nats.js.errors.KeyNotFoundError:
+        return Progress()
 
 
 @dataclass
@@ -111,12 +182,13 @@ async def follow_bucket(js: JetStreamContext, bucket: str, on_entry: EntryCallba
 
 
 class SchedulerState:
-    """A live view of the `kairos_scheduler` bucket: progress per trigger, leases and heartbeats."""
+    """A live view of the `kairos_scheduler` bucket: progress per shard, leases and heartbeats."""
 
     def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
         self._js = js
         self.kv = kv
-        self._progress: dict[str, bytes] = {}
+        self._shard_progress: dict[int, bytes] = {}  # raw documents, decoded when a shard is acquired
+        self._legacy_progress: dict[str, bytes] = {}
         self.leases: dict[int, Seen] = {}
         self.replicas: dict[str, Seen] = {}
         self.loaded = asyncio.Event()
@@ -131,11 +203,25 @@ class SchedulerState:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
 
-    def progress(self, key: str) -> Progress:
-        return Progress.decode(self._progress.get(key))
+    def shard_progress(self, shard: int, keys: set[str]) -> dict[str, ProgressEntry]:
+        """The progress of a shard's triggers: its document, plus what older schedulers saved for `keys`."""
+        triggers = decode_shard_progress(self._shard_progress.get(shard))
+        for key in keys:
+            legacy = self._legacy_progress.get(key)
+            if legacy is not None and key not in triggers:
+                progress = Progress.decode(legacy)
+                last = None if progress.last_fired is None else to_micros(progress.last_fired)
+                triggers[key] = [last, progress.skipped]
+        return triggers
 
     def _apply(self, key: str, value: bytes | None, revision: int) -> None:
-        if key.startswith(LEASE_PREFIX):
+        if key.startswith(PROGRESS_PREFIX):
+            shard = int(key[len(PROGRESS_PREFIX) :])
+            if value is None:
+                self._shard_progress.pop(shard, None)
+            else:
+                self._shard_progress[shard] = value
+        elif key.startswith(LEASE_PREFIX):
             shard = int(key[len(LEASE_PREFIX) :])
             self.leases[shard] = Seen(revision, json.loads(value) if value else None, time.monotonic())
         elif key.startswith(REPLICA_PREFIX):
@@ -145,9 +231,9 @@ class SchedulerState:
             else:
                 self.replicas[replica] = Seen(revision, json.loads(value), time.monotonic())
         elif value is None:
-            self._progress.pop(key, None)
+            self._legacy_progress.pop(key, None)
         else:
-            self._progress[key] = value
+            self._legacy_progress[key] = value
 
     def live_replicas(self, ttl: float) -> dict[str, dict[str, Any]]:
         """Heartbeats that changed within `ttl` seconds, by replica id."""

@@ -21,7 +21,7 @@ from kairos.core.config import ServiceConfig
 from kairos.core.runtime import run_services
 from kairos.core.schedule import compile_schedule
 from kairos.devtools.suite import Suite, running_suite
-from kairos.scheduler.state import Progress
+from kairos.scheduler.state import read_progress
 from kairos.v1 import run_pb2, run_service_pb2, trigger_pb2, trigger_service_pb2
 
 WAIT_S = 20
@@ -111,7 +111,7 @@ async def test_restart_catches_up_latest_once_and_counts_the_skipped(env) -> Non
         trigger = await create_every_second(kairos)
         await traces.wait_for(lambda _: len(traces.instants(trigger.name)) >= 2)
     feed_key = f"acme.{trigger.name.rsplit('/', 1)[1]}"
-    last_fired = Progress.decode((await suite.runtime.buckets.scheduler.get(feed_key)).value).last_fired
+    last_fired = (await read_progress(suite.runtime.buckets.scheduler, feed_key)).last_fired
     assert last_fired is not None and last_fired >= traces.instants(trigger.name)[-1]
     # The scenario is downtime: let at least three fire times pass with no scheduler running.
     await asyncio.sleep(max(0.0, (last_fired + 3.5 * ONE_SECOND - datetime.now(UTC)).total_seconds()))
@@ -130,7 +130,7 @@ async def test_restart_catches_up_latest_once_and_counts_the_skipped(env) -> Non
     assert [t for t in ran if t <= restarted_at] == [max(missed_while_down)] or min(ran) > restarted_at
     assert all(e.status == run_pb2.RunStatus.RUN_STATUS_SKIPPED for e in traces.events if e.type == "trigger.skipped")
 
-    progress = Progress.decode((await suite.runtime.buckets.scheduler.get(feed_key)).value)
+    progress = await read_progress(suite.runtime.buckets.scheduler, feed_key)
     assert progress.skipped == len(skipped)
     runs = (await kairos.runs.ListRuns(run_service_pb2.ListRunsRequest(parent=trigger.name, page_size=1000))).runs
     fired = [r.fire_id for r in runs]

@@ -478,15 +478,21 @@ class Schedule:
 
     def next_fire_after(self, after: datetime) -> datetime | None:
         """The first fire instant strictly after `after` (UTC), or None when the schedule is done."""
-        after_us = _micros(after, "after")
+        found = self.next_fire_after_us(_micros(after, "after"))
+        return None if found is None else _from_micros(found)
+
+    def next_fire_after_us(self, after_us: int) -> int | None:
+        """`next_fire_after` in Unix microseconds, for callers that keep time as integers (the scheduler)."""
         plan = self.plan
         if isinstance(plan, _OneShotPlan):
-            return _from_micros(plan.fire_us) if plan.fire_us > after_us else None
+            return plan.fire_us if plan.fire_us > after_us else None
         if isinstance(plan, _IntervalPlan):
             return self._interval_next(plan, after_us)
         try:
             found = self._cron_next(plan.rule, after_us // 1_000_000)
-            return None if found is None else _EPOCH + timedelta(seconds=found)
+            if found is None or _from_micros(found * 1_000_000) is None:
+                return None
+            return found * 1_000_000
         except (OverflowError, ValueError, OSError):  # beyond what datetime / the zone database can express
             return None
 
@@ -500,21 +506,24 @@ class Schedule:
 
     def jitter_for(self, fire_instant: datetime, trigger_name: str) -> timedelta:
         """Deterministic delay in [0, jitter), and strictly less than the gap to the next fire."""
-        fire_us = _micros(fire_instant, "fire_instant")
+        return timedelta(microseconds=self.jitter_us(_micros(fire_instant, "fire_instant"), trigger_name))
+
+    def jitter_us(self, fire_us: int, trigger_name: str) -> int:
+        """`jitter_for` in microseconds, for a fire instant in Unix microseconds."""
         bound = self.jitter // _ONE_MICROSECOND
         if bound <= 0:
-            return timedelta(0)
-        following = self.next_fire_after(fire_instant)
+            return 0
+        following = self.next_fire_after_us(fire_us)
         if following is not None:
-            bound = min(bound, (following - fire_instant) // _ONE_MICROSECOND)
+            bound = min(bound, following - fire_us)
         if bound <= 0:
-            return timedelta(0)
+            return 0
         seed = f"{trigger_name}\x00{fire_us}".encode("utf-8", "surrogatepass")
         value = int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big")
-        return timedelta(microseconds=value % bound)
+        return value % bound
 
     @staticmethod
-    def _interval_next(plan: _IntervalPlan, after_us: int) -> datetime | None:
+    def _interval_next(plan: _IntervalPlan, after_us: int) -> int | None:
         floor_us = after_us
         candidate: int | None = None
         if plan.start_now:
@@ -528,7 +537,7 @@ class Schedule:
                 candidate = plan.start_us + ((floor_us - plan.start_us) // plan.every_us + 1) * plan.every_us
         if plan.end_us is not None and candidate >= plan.end_us:
             return None
-        return _from_micros(candidate)
+        return candidate if _from_micros(candidate) is not None else None
 
     def _cron_next(self, rule: _CronRule, after: int) -> int | None:
         """First fire instant (Unix seconds) strictly after Unix second `after`.
