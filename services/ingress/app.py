@@ -11,6 +11,7 @@ import uvicorn
 
 from kairos.core import messaging
 from kairos.core.feed import KvMirror
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.runtime import Runtime
 from kairos.core.sealing import Sealer
 from kairos.core.tasks import spawn
@@ -45,7 +46,10 @@ async def start_http(stack: AsyncExitStack, app, host: str, port: int) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False)
+    # No proxy-headers middleware: nothing here reads the client address, and it costs a call per request.
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="off", server_header=False, proxy_headers=False
+    )
     server = EmbeddedServer(config)
     task = spawn(server.serve(sockets=[sock]), "ingress-http")
     ready = asyncio.create_task(server.ready.wait())
@@ -93,10 +97,13 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
 
     runtime.extras["ingress.webhooks"] = webhooks
     runtime.extras["ingress.triggers"] = triggers
+    publisher = JetStreamPublisher(runtime.nats)
+    await publisher.start()
+    stack.push_async_callback(publisher.close)
     metrics = IngressMetrics()
     endpoint = WebhookEndpoint(
         runtime.nats,
-        runtime.js,
+        publisher,
         webhooks,
         triggers,
         deliveries,

@@ -76,7 +76,8 @@ class Routes:
 
     def __init__(self) -> None:
         self._static: dict[str, dict[str, Handler]] = {}
-        self._patterns: list[tuple[tuple[str, ...], int, dict[str, Handler]]] = []
+        # (segments before the parameter, segments after it) -> handlers by method
+        self._patterns: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, Handler]] = {}
 
     def add(self, methods: tuple[str, ...], path: str, handler: Handler) -> None:
         segments = tuple(path.strip("/").split("/"))
@@ -84,11 +85,8 @@ class Routes:
         if len(params) > 1:
             raise ValueError(f"route {path!r} has more than one parameter")
         if params:
-            entry = next((e for e in self._patterns if e[0] == segments), None)
-            if entry is None:
-                entry = (segments, params[0], {})
-                self._patterns.append(entry)
-            by_method = entry[2]
+            index = params[0]
+            by_method = self._patterns.setdefault((segments[:index], segments[index + 1 :]), {})
         else:
             by_method = self._static.setdefault(path, {})
         for method in methods:
@@ -99,17 +97,11 @@ class Routes:
         static = self._static.get(path)
         if static is not None:
             return static, ""
-        segments = path.strip("/").split("/")
-        for pattern, param_index, by_method in self._patterns:
-            if len(pattern) != len(segments):
-                continue
-            if all(
-                index == param_index or expected == actual
-                for index, (expected, actual) in enumerate(zip(pattern, segments, strict=True))
-            ):
-                value = segments[param_index]
-                if value:
-                    return by_method, value
+        segments = tuple(path.strip("/").split("/"))
+        for index, value in enumerate(segments):
+            by_method = self._patterns.get((segments[:index], segments[index + 1 :]))
+            if by_method is not None and value:
+                return by_method, value
         return None
 
 
