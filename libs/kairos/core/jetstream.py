@@ -70,11 +70,14 @@ class PublisherClosedError(JetStreamPublishError):
 
 
 class _Pending:
-    """One publish waiting for its ack."""
+    """One publish waiting for its ack (or, when `raw`, one request waiting for its reply message)."""
 
-    __slots__ = ("attempts_left", "future", "headers", "payload", "subject", "timeout", "timer")
+    __slots__ = ("attempts_left", "future", "headers", "payload", "raw", "subject", "timeout", "timer")
 
-    def __init__(self, subject: str, payload: bytes, headers, timeout: float, attempts: int, future) -> None:
+    def __init__(
+        self, subject: str, payload: bytes, headers, timeout: float, attempts: int, future, raw: bool = False
+    ) -> None:
+        self.raw = raw
         self.subject = subject
         self.payload = payload
         self.headers = headers
@@ -157,18 +160,28 @@ class JetStreamPublisher:
         `msg_id` sets `Nats-Msg-Id` (without one a retry may store the message twice); `stream` sets
         `Nats-Expected-Stream`, so a subject captured by another stream is refused.
         """
-        if self._subscription is None:
-            raise RuntimeError("JetStreamPublisher.start() was not called")
         if msg_id is not None or stream is not None:
             headers = dict(headers or {})
             if msg_id is not None:
                 headers[MSG_ID_HEADER] = msg_id
             if stream is not None:
                 headers[EXPECTED_STREAM_HEADER] = stream
+        return await self._submit(subject, payload, headers, timeout, attempts, raw=False)
+
+    async def request(
+        self, subject: str, payload: bytes = b"", *, timeout: float | None = None, attempts: int | None = None
+    ) -> Msg:
+        """A JetStream API request (a KV direct get, say) over the same reply inbox, retried like a publish;
+        returns the reply message as it came (a `Status` header tells a 404)."""
+        return await (await self._submit(subject, payload, None, timeout, attempts, raw=True))
+
+    async def _submit(self, subject, payload, headers, timeout, attempts, *, raw: bool) -> asyncio.Future:
+        if self._subscription is None:
+            raise RuntimeError("JetStreamPublisher.start() was not called")
         await self._window.acquire()
-        future: asyncio.Future[PubAck] = self._loop.create_future()
+        future: asyncio.Future = self._loop.create_future()
         reply = f"{self._prefix}{next(self._counter)}"
-        entry = _Pending(subject, payload, headers, timeout or self._timeout, attempts or self._attempts, future)
+        entry = _Pending(subject, payload, headers, timeout or self._timeout, attempts or self._attempts, future, raw)
         self._pending[reply] = entry
         future.add_done_callback(self._release)
         await self._send(reply, entry)
@@ -219,6 +232,9 @@ class JetStreamPublisher:
         if headers and headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
             self._finish(entry, error=NoStreamError(entry.subject, "no stream captures this subject"))
             return
+        if entry.raw:
+            self._finish(entry, ack=message)
+            return
         try:
             document = orjson.loads(message.data)
             error = document.get("error")
@@ -233,7 +249,7 @@ class JetStreamPublisher:
         self._finish(entry, error=failure)
 
     @staticmethod
-    def _finish(entry: _Pending, *, ack: PubAck | None = None, error: Exception | None = None) -> None:
+    def _finish(entry: _Pending, *, ack: PubAck | Msg | None = None, error: Exception | None = None) -> None:
         if entry.timer is not None:
             entry.timer.cancel()
         if entry.future.done():
