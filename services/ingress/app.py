@@ -87,7 +87,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(
         runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_index.on_change
     )
-    deliveries = await messaging.ensure_key_value(
+    await messaging.ensure_key_value(
         runtime.js, messaging.WEBHOOK_DELIVERIES_BUCKET, ttl=DELIVERY_MEMORY_S, direct=True
     )
     catalog = EventTypeCatalog(await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET))
@@ -106,7 +106,6 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         publisher,
         webhooks,
         triggers,
-        deliveries,
         signing_keys=signing_keys,
         limiter=limiter,
         metrics=metrics,

@@ -10,12 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import nats.js.errors
 import orjson
 import structlog
 from google.protobuf import json_format
 from nats.aio.client import Client as NatsClient
-from nats.js.kv import KeyValue
 
 from kairos.core import messaging, secrets
 from kairos.core.feed import KvMirror
@@ -198,7 +196,6 @@ class WebhookEndpoint:
         publisher: JetStreamPublisher,
         webhooks: KvMirror[feed_pb2.WebhookRecord],
         triggers: KvMirror[trigger_pb2.Trigger],
-        deliveries: KeyValue,
         *,
         signing_keys: SigningKeys,
         limiter: RateLimiter,
@@ -213,8 +210,8 @@ class WebhookEndpoint:
         self._publisher = publisher
         self._webhooks = webhooks
         self._triggers = triggers
-        self._deliveries = deliveries
         self._deliveries_prefix = f"$KV.{messaging.WEBHOOK_DELIVERIES_BUCKET}."
+        self._deliveries_get = f"$JS.API.DIRECT.GET.KV_{messaging.WEBHOOK_DELIVERIES_BUCKET}.{self._deliveries_prefix}"
         self._signing_keys = signing_keys
         self._limiter = limiter
         self._metrics = metrics
@@ -391,14 +388,22 @@ class WebhookEndpoint:
         return _accepted(event_id)
 
     async def _seen(self, key: str) -> str | None:
+        """The event id a delivery with this key was accepted under, read from the deliveries bucket."""
         try:
-            entry = await self._deliveries.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
+            reply = await self._publisher.request(
+                self._deliveries_get + key, timeout=PUBLISH_TIMEOUT_S, attempts=PUBLISH_ATTEMPTS
+            )
         except Exception as error:
             log.warning("webhook deliveries unreadable", error=str(error))
             raise unavailable() from error
-        return entry.value.decode() if entry.value else None
+        headers = reply.headers or {}
+        status = headers.get("Status")
+        if status == "404" or headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        if status:
+            log.warning("webhook deliveries unreadable", status=status, description=headers.get("Description"))
+            raise unavailable()
+        return reply.data.decode() or None
 
     async def _publish(self, subject: str, payload: bytes, fire_id: str) -> None:
         if len(payload) > self._nc.max_payload:
