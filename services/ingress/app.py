@@ -11,10 +11,11 @@ import uvicorn
 
 from kairos.core import messaging
 from kairos.core.feed import KvMirror
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.runtime import Runtime
 from kairos.core.sealing import Sealer
 from kairos.core.tasks import spawn
-from kairos.ingress.endpoint import TriggerIndex, WebhookEndpoint, build_app
+from kairos.ingress.endpoint import FireTemplates, TriggerIndex, WebhookEndpoint, build_app
 from kairos.ingress.events import EventConsumer, EventFirer, EventServicer, EventTypeCatalog
 from kairos.ingress.limits import RateLimiter
 from kairos.ingress.metrics import IngressMetrics
@@ -45,7 +46,10 @@ async def start_http(stack: AsyncExitStack, app, host: str, port: int) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False)
+    # No proxy-headers middleware: nothing here reads the client address, and it costs a call per request.
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="off", server_header=False, proxy_headers=False
+    )
     server = EmbeddedServer(config)
     task = spawn(server.serve(sockets=[sock]), "ingress-http")
     ready = asyncio.create_task(server.ready.wait())
@@ -70,10 +74,12 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     signing_keys = SigningKeys(sealer)
     limiter = RateLimiter(config.webhook_rate_per_s, config.webhook_burst)
     trigger_index = TriggerIndex()
+    templates = FireTemplates()
 
     def webhook_changed(key: str, _value) -> None:
         signing_keys.forget(key)
         limiter.forget(key)
+        templates.forget(key)
 
     webhooks: KvMirror[feed_pb2.WebhookRecord] = KvMirror(
         runtime.buckets.webhooks, feed_pb2.WebhookRecord, on_change=webhook_changed
@@ -81,7 +87,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(
         runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_index.on_change
     )
-    deliveries = await messaging.ensure_key_value(
+    await messaging.ensure_key_value(
         runtime.js, messaging.WEBHOOK_DELIVERIES_BUCKET, ttl=DELIVERY_MEMORY_S, direct=True
     )
     catalog = EventTypeCatalog(await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET))
@@ -91,17 +97,20 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
 
     runtime.extras["ingress.webhooks"] = webhooks
     runtime.extras["ingress.triggers"] = triggers
+    publisher = JetStreamPublisher(runtime.nats)
+    await publisher.start()
+    stack.push_async_callback(publisher.close)
     metrics = IngressMetrics()
     endpoint = WebhookEndpoint(
         runtime.nats,
-        runtime.js,
+        publisher,
         webhooks,
         triggers,
-        deliveries,
         signing_keys=signing_keys,
         limiter=limiter,
         metrics=metrics,
         trigger_index=trigger_index,
+        templates=templates,
         tolerance_s=config.webhook_tolerance_s,
     )
     app = build_app(endpoint, metrics, lambda: runtime.nats.is_connected)

@@ -10,22 +10,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 import orjson
 import structlog
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from kairos.core import messaging, secrets
 from kairos.core.feed import KvMirror
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import RESOURCE_ID, new_id, parse_trigger
+from kairos.ingress.asgi import Answer, App, BodyTooLarge, Request, Routes, json_answer
 from kairos.ingress.limits import RateLimiter
 from kairos.ingress.metrics import IngressMetrics
 from kairos.ingress.signatures import DEFAULT_TOLERANCE_S, SignatureError, SigningKeys, signed_headers, verify
@@ -37,22 +31,30 @@ MAX_BODY_BYTES = 1 << 20
 EVENT_TYPE_KEYS = ("type", "event_type", "event", "action")
 IDEMPOTENCY_HEADERS = ("webhook-id", "idempotency-key")
 MAX_SENDER_KEY_CHARS = 200
-RETRY_AFTER_S = "5"
+RETRY_AFTER_S = b"5"
+# A sender waits at most PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS for its answer when JetStream is slow to ack.
+PUBLISH_TIMEOUT_S = 2.5
+PUBLISH_ATTEMPTS = 2
 Mode = webhook_pb2.WebhookAuthMode
 
 
 class Rejection(Exception):
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, error: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
-        self.status, self.error, self.message, self.headers = status, error, message, headers or {}
+        self.status, self.error, self.message, self.headers = status, error, message, headers
 
-    def response(self) -> Response:
-        body = orjson.dumps({"error": self.error, "message": self.message})
-        return Response(body, self.status, headers=self.headers, media_type="application/json")
+    def answer(self) -> Answer:
+        return json_answer(self.status, {"error": self.error, "message": self.message}, self.headers)
 
 
 def unavailable() -> Rejection:
-    return Rejection(503, "unavailable", "the event could not be stored; retry later", {"Retry-After": RETRY_AFTER_S})
+    return Rejection(
+        503, "unavailable", "the event could not be stored; retry later", ((b"retry-after", RETRY_AFTER_S),)
+    )
+
+
+def body_too_large(limit: int) -> Rejection:
+    return Rejection(413, "body_too_large", f"the body must be at most {limit} bytes")
 
 
 def event_type_of(body: Any) -> str:
@@ -83,10 +85,10 @@ def mapped_fields(body: Any, mapping: dict[str, str]) -> dict[str, Any]:
     return fields
 
 
-def _token(record: feed_pb2.WebhookRecord, request: Request) -> str | None:
+def _token(record: feed_pb2.WebhookRecord, headers: dict[str, str]) -> str | None:
     if record.webhook.auth_mode == Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER:
-        return request.headers.get("x-trigger-secret") or None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return headers.get("x-trigger-secret") or None
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
@@ -125,31 +127,91 @@ class TriggerIndex:
         return self._keys.get(trigger_id)
 
 
+class FireTemplate:
+    """What every fire of one webhook shares, serialized once: a fire is this prefix followed by the serialized
+    per-request fields (protobuf concatenation merges them). Valid while the webhook's and trigger's mirrored
+    records are the very objects it was built from."""
+
+    __slots__ = ("field_mapping", "fire_id_prefix", "prefix", "record", "subject", "trigger", "trigger_key")
+
+    def __init__(self, record: feed_pb2.WebhookRecord, trigger: trigger_pb2.Trigger, trigger_key: str) -> None:
+        webhook = record.webhook
+        workspace, _, trigger_id = trigger_key.partition(".")
+        self.record = record
+        self.trigger = trigger
+        self.trigger_key = trigger_key
+        self.subject = messaging.fire_subject(workspace, trigger_id)
+        self.fire_id_prefix = f"{webhook.name}@"
+        self.field_mapping = dict(webhook.field_mapping)
+        self.prefix = fire_pb2.FireRequest(
+            trigger=webhook.trigger,
+            trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK,
+            action=trigger.action,
+            policies=trigger.policies,
+            webhook=webhook.name,
+            trigger_revision=trigger.revision,
+        ).SerializeToString()
+
+    def fire(self, event_id: str, event_type: str, body: Any) -> tuple[str, bytes]:
+        """The fire id and serialized FireRequest of one accepted request."""
+        fire_id = self.fire_id_prefix + event_id
+        fields = fire_pb2.FireRequest(fire_id=fire_id, event_type=event_type)
+        fields.fire_time.seconds, fields.fire_time.nanos = divmod(time.time_ns(), 1_000_000_000)
+        if isinstance(body, dict):
+            fields.payload.struct_value.update(body)  # three times faster than json_format for the common case
+        else:
+            json_format.ParseDict(body, fields.payload)
+        overrides = mapped_fields(body, self.field_mapping) if self.field_mapping else None
+        if overrides:
+            fields.input_overrides.update(overrides)
+        return fire_id, self.prefix + fields.SerializeToString()
+
+
+class FireTemplates:
+    """Fire templates by webhook id; `forget(webhook_id)` drops one when its webhook record changes or goes."""
+
+    def __init__(self) -> None:
+        self._by_webhook: dict[str, FireTemplate] = {}
+
+    def current(self, webhook_id: str, record: feed_pb2.WebhookRecord, triggers: KvMirror) -> FireTemplate | None:
+        """The template of `webhook_id` if it was built from `record` and the trigger's current record."""
+        template = self._by_webhook.get(webhook_id)
+        if template is None or template.record is not record:
+            return None
+        return template if triggers.cached(template.trigger_key) is template.trigger else None
+
+    def put(self, webhook_id: str, template: FireTemplate) -> None:
+        self._by_webhook[webhook_id] = template
+
+    def forget(self, webhook_id: str) -> None:
+        self._by_webhook.pop(webhook_id, None)
+
+
 class WebhookEndpoint:
     """Verifies, rate-limits, de-duplicates, maps and publishes one webhook request."""
 
     def __init__(
         self,
         nc: NatsClient,
-        js: JetStreamContext,
+        publisher: JetStreamPublisher,
         webhooks: KvMirror[feed_pb2.WebhookRecord],
         triggers: KvMirror[trigger_pb2.Trigger],
-        deliveries: KeyValue,
         *,
         signing_keys: SigningKeys,
         limiter: RateLimiter,
         metrics: IngressMetrics,
         trigger_index: TriggerIndex,
+        templates: FireTemplates,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         max_body_bytes: int = MAX_BODY_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._nc = nc
-        self._js = js
+        self._publisher = publisher
         self._webhooks = webhooks
         self._triggers = triggers
-        self._deliveries = deliveries
         self._deliveries_prefix = f"$KV.{messaging.WEBHOOK_DELIVERIES_BUCKET}."
+        self._deliveries_get = f"$JS.API.DIRECT.GET.KV_{messaging.WEBHOOK_DELIVERIES_BUCKET}.{self._deliveries_prefix}"
         self._signing_keys = signing_keys
         self._limiter = limiter
         self._metrics = metrics
@@ -157,37 +219,37 @@ class WebhookEndpoint:
         self._tolerance_s = tolerance_s
         self._max_body = max_body_bytes
         self._clock = clock
+        self._templates = templates
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Answer:
         """`POST /hooks/{webhook_id}` and its alias `POST /api/hooks/webhook/{webhook_id}`."""
         try:
-            webhook_id = request.path_params["webhook_id"]
-            record = await self._record(webhook_id)
-            response = await self._accept(request, webhook_id, record, authenticated=False)
+            record = await self._record(request.param)
+            answer = await self._accept(request, request.param, record, authenticated=False)
         except Rejection as rejection:
-            response = self._rejected(rejection)
-        self._metrics.answered(response.status_code)
-        return response
+            answer = self._rejected(rejection)
+        self._metrics.answered(answer.status)
+        return answer
 
-    async def handle_trigger(self, request: Request) -> Response:
+    async def handle_trigger(self, request: Request) -> Answer:
         """`POST /triggers/{trigger_id}/webhook` with `X-Trigger-Secret`: whichever shared-secret webhook of
         the trigger the secret belongs to."""
         try:
-            webhook_id, record = await self._webhook_of_trigger(request)
-            response = await self._accept(request, webhook_id, record, authenticated=True)
+            webhook_id, record = self._webhook_of_trigger(request)
+            answer = await self._accept(request, webhook_id, record, authenticated=True)
         except Rejection as rejection:
-            response = self._rejected(rejection)
-        self._metrics.answered(response.status_code)
-        return response
+            answer = self._rejected(rejection)
+        self._metrics.answered(answer.status)
+        return answer
 
-    def _rejected(self, rejection: Rejection) -> Response:
+    def _rejected(self, rejection: Rejection) -> Answer:
         if rejection.status == 401:
             self._metrics.verification_failed(rejection.error)
         if rejection.status >= 500:
             log.warning("webhook not accepted", status=rejection.status, error=rejection.error)
         else:
             log.debug("webhook rejected", status=rejection.status, error=rejection.error)
-        return rejection.response()
+        return rejection.answer()
 
     async def _record(self, webhook_id: str) -> feed_pb2.WebhookRecord:
         if not RESOURCE_ID.match(webhook_id):
@@ -201,9 +263,9 @@ class WebhookEndpoint:
             raise Rejection(404, "webhook_not_found", "no such webhook")
         return record
 
-    async def _webhook_of_trigger(self, request: Request) -> tuple[str, feed_pb2.WebhookRecord]:
+    def _webhook_of_trigger(self, request: Request) -> tuple[str, feed_pb2.WebhookRecord]:
         unknown = Rejection(404, "trigger_not_found", "no such trigger")
-        trigger_id = request.path_params["trigger_id"]
+        trigger_id = request.param
         key = self._trigger_index.key_of(trigger_id) if RESOURCE_ID.match(trigger_id) else None
         trigger = self._triggers.cached(key) if key else None
         if trigger is None or not trigger.source.HasField("webhook"):
@@ -224,17 +286,14 @@ class WebhookEndpoint:
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._max_body:
-            raise Rejection(413, "body_too_large", f"the body must be at most {self._max_body} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_body:
-                raise Rejection(413, "body_too_large", f"the body must be at most {self._max_body} bytes")
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            raise body_too_large(self._max_body)
+        try:
+            return await request.body(self._max_body)
+        except BodyTooLarge:
+            raise body_too_large(self._max_body) from None
 
-    def _authenticate_token(self, record: feed_pb2.WebhookRecord, request: Request, now: float) -> None:
-        presented = _token(record, request)
+    def _authenticate_token(self, record: feed_pb2.WebhookRecord, headers: dict[str, str], now: float) -> None:
+        presented = _token(record, headers)
         if presented is None:
             header = (
                 "X-Trigger-Secret"
@@ -245,9 +304,23 @@ class WebhookEndpoint:
         if not token_matches(record, presented, now):
             raise Rejection(401, "invalid_credentials", "the credentials do not match this webhook")
 
+    async def _template(self, webhook_id: str, record: feed_pb2.WebhookRecord) -> FireTemplate:
+        """The webhook's fire template, rebuilt when its webhook or trigger record changed."""
+        template = self._templates.current(webhook_id, record, self._triggers)
+        if template is not None:
+            return template
+        trigger_name = parse_trigger(record.webhook.trigger, "trigger")
+        trigger_key = f"{trigger_name.workspace}.{trigger_name.trigger}"
+        trigger = await self._triggers.get(trigger_key)
+        if trigger is None:
+            raise Rejection(404, "webhook_not_found", "no such webhook")
+        template = FireTemplate(record, trigger, trigger_key)
+        self._templates.put(webhook_id, template)
+        return template
+
     async def _accept(
         self, request: Request, webhook_id: str, record: feed_pb2.WebhookRecord, *, authenticated: bool
-    ) -> Response:
+    ) -> Answer:
         webhook = record.webhook
         headers = request.headers
         now = self._clock()
@@ -259,7 +332,7 @@ class WebhookEndpoint:
             except SignatureError as error:
                 raise Rejection(401, error.error, error.message) from None
         elif not authenticated:
-            self._authenticate_token(record, request, now)
+            self._authenticate_token(record, headers, now)
         raw = await self._read_body(request)
         if signature is not None:
             message_id, timestamp, signature_header = signature
@@ -277,7 +350,7 @@ class WebhookEndpoint:
                 429,
                 "rate_limited",
                 "this webhook's rate limit is exceeded; retry later",
-                {"Retry-After": str(retry_after)},
+                ((b"retry-after", str(retry_after).encode()),),
             )
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
@@ -291,11 +364,8 @@ class WebhookEndpoint:
             raise Rejection(
                 422, "event_type_not_accepted", f"event type {event_type!r} is not accepted by this webhook"
             )
-        trigger_name = parse_trigger(webhook.trigger, "trigger")
-        trigger = await self._triggers.get(f"{trigger_name.workspace}.{trigger_name.trigger}")
-        if trigger is None:
-            raise Rejection(404, "webhook_not_found", "no such webhook")
-        if trigger.state != trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE:
+        template = await self._template(webhook_id, record)
+        if template.trigger.state != trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE:
             raise Rejection(409, "trigger_not_active", "the trigger this webhook fires is paused or a draft")
         if not self._nc.is_connected:
             raise unavailable()
@@ -309,27 +379,8 @@ class WebhookEndpoint:
                 self._metrics.deduplicated.inc()
                 return _accepted(original)
         event_id = sender_key or new_id("evt")
-        fire = fire_pb2.FireRequest(
-            fire_id=f"{webhook.name}@{event_id}",
-            trigger=webhook.trigger,
-            trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK,
-            action=trigger.action,
-            policies=trigger.policies,
-            webhook=webhook.name,
-            event_type=event_type,
-            trigger_revision=trigger.revision,
-        )
-        fire.fire_time.GetCurrentTime()
-        if isinstance(body, dict):
-            fire.payload.struct_value.update(body)  # three times faster than json_format for the common case
-        else:
-            json_format.ParseDict(body, fire.payload)
-        overrides = mapped_fields(body, dict(webhook.field_mapping)) if webhook.field_mapping else None
-        if overrides:
-            fire.input_overrides.CopyFrom(_struct(overrides))
-        await self._publish(
-            messaging.fire_subject(trigger_name.workspace, trigger_name.trigger), fire.SerializeToString(), fire.fire_id
-        )
+        fire_id, fire = template.fire(event_id, event_type, body)
+        await self._publish(template.subject, fire, fire_id)
         if seen_key:
             # Remembered without waiting: a retry racing this write has the same fire id, which JetStream's
             # duplicate window (10 minutes) and the run's unique fire id already stop.
@@ -337,58 +388,65 @@ class WebhookEndpoint:
         return _accepted(event_id)
 
     async def _seen(self, key: str) -> str | None:
+        """The event id a delivery with this key was accepted under, read from the deliveries bucket."""
         try:
-            entry = await self._deliveries.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
+            reply = await self._publisher.request(
+                self._deliveries_get + key, timeout=PUBLISH_TIMEOUT_S, attempts=PUBLISH_ATTEMPTS
+            )
         except Exception as error:
             log.warning("webhook deliveries unreadable", error=str(error))
             raise unavailable() from error
-        return entry.value.decode() if entry.value else None
+        headers = reply.headers or {}
+        status = headers.get("Status")
+        if status == "404" or headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        if status:
+            log.warning("webhook deliveries unreadable", status=status, description=headers.get("Description"))
+            raise unavailable()
+        return reply.data.decode() or None
 
     async def _publish(self, subject: str, payload: bytes, fire_id: str) -> None:
-        started = time.perf_counter()
-        try:
-            await messaging.publish_fire(self._js, subject, payload, fire_id)
-        except nats.errors.MaxPayloadError:
+        if len(payload) > self._nc.max_payload:
             # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; a retry
             # would fail the same way, so this is no 503.
-            raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body") from None
+            raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body")
+        started = time.perf_counter()
+        try:
+            await self._publisher.publish(
+                subject,
+                payload,
+                msg_id=fire_id,
+                stream=messaging.FIRES_STREAM,
+                timeout=PUBLISH_TIMEOUT_S,
+                attempts=PUBLISH_ATTEMPTS,
+            )
         except Exception as error:
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))
             raise unavailable() from error
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
 
 
-def _accepted(event_id: str) -> Response:
-    return Response(orjson.dumps({"event_id": event_id, "status": "accepted"}), 202, media_type="application/json")
+def _accepted(event_id: str) -> Answer:
+    return Answer(202, b'{"event_id":%s,"status":"accepted"}' % orjson.dumps(event_id))
 
 
-def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    result = struct_pb2.Struct()
-    result.update(values)
-    return result
+def build_app(endpoint: WebhookEndpoint, metrics: IngressMetrics, nats_connected: Callable[[], bool]) -> App:
+    async def healthz(_: Request) -> Answer:
+        return json_answer(200, {"status": "ok"})
 
-
-def build_app(endpoint: WebhookEndpoint, metrics: IngressMetrics, nats_connected: Callable[[], bool]) -> Starlette:
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_: Request) -> Response:
+    async def readyz(_: Request) -> Answer:
         if nats_connected():
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "message": "not connected to NATS"}, 503)
+            return json_answer(200, {"status": "ready"})
+        return json_answer(503, {"status": "unavailable", "message": "not connected to NATS"})
 
-    async def prometheus(_: Request) -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus(_: Request) -> Answer:
+        return Answer(200, metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8")
 
-    return Starlette(
-        routes=[
-            Route("/hooks/{webhook_id}", endpoint.handle, methods=["POST"]),
-            Route("/api/hooks/webhook/{webhook_id}", endpoint.handle, methods=["POST"]),
-            Route("/triggers/{trigger_id}/webhook", endpoint.handle_trigger, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-        ]
-    )
+    routes = Routes()
+    routes.add(("POST",), "/hooks/{webhook_id}", endpoint.handle)
+    routes.add(("POST",), "/api/hooks/webhook/{webhook_id}", endpoint.handle)
+    routes.add(("POST",), "/triggers/{trigger_id}/webhook", endpoint.handle_trigger)
+    routes.add(("GET", "HEAD"), "/healthz", healthz)
+    routes.add(("GET", "HEAD"), "/readyz", readyz)
+    routes.add(("GET", "HEAD"), "/metrics", prometheus)
+    return App(routes)
