@@ -225,14 +225,17 @@ class FireWorker:
 
     async def _publish(self, events: list[run_pb2.TraceEvent], notify_url: str) -> None:
         """Queues the callbacks of stored lifecycle events durably (before the fire is acknowledged), then
-        publishes the events on kairos.trace.<ws>.<trigger>."""
+        publishes the events on kairos.trace.<ws>.<trigger> (`Nats-Msg-Id` = the event id, so the event a
+        redelivered fire repeats is stored, and counted by the registry, once)."""
         for event in events:
             if self._callbacks is not None and notify_url:
                 await self._callbacks.enqueue(notify_url, event)
             trigger = parse_trigger(event.trigger, "trigger")
             with contextlib.suppress(Exception):
                 await self._nc.publish(
-                    messaging.trace_subject(trigger.workspace, trigger.trigger), event.SerializeToString()
+                    messaging.trace_subject(trigger.workspace, trigger.trigger),
+                    event.SerializeToString(),
+                    headers={messaging.MSG_ID_HEADER: event.id},
                 )
 
     # -- one fire ----------------------------------------------------------------------------------------

@@ -316,7 +316,8 @@ class SchedulerEngine:
             self._wakeup.set()
 
     def _skip(self, key: str, tracked: Tracked, skipped: list[int]) -> None:
-        """Counts missed fires the catch-up policy does not run and emits one trace event per instant."""
+        """Counts missed fires the catch-up policy does not run and emits a trace event per instant (at most
+        SKIPPED_EVENTS_PER_PLAN; `count` carries the rest)."""
         self.skipped_fires += len(skipped)
         triggers = self._progress[tracked.shard]
         last_fired, count = triggers.get(key) or (None, 0)
@@ -326,7 +327,10 @@ class SchedulerEngine:
         name = parse_trigger(tracked.name, "trigger")
         subject = messaging.trace_subject(name.workspace, name.trigger)
         reason = f"missed while no scheduler ran it; {len(skipped)} missed fire(s) skipped by the catch-up policy"
-        for instant in skipped[-SKIPPED_EVENTS_PER_PLAN:]:
+        emitted = skipped[-SKIPPED_EVENTS_PER_PLAN:]
+        # The first event emitted also stands for the older instants not emitted one by one.
+        counts = [len(skipped) - len(emitted) + 1] + [1] * (len(emitted) - 1)
+        for instant, count in zip(emitted, counts, strict=True):
             skipped_fire = fire_id(tracked.name, from_micros(instant))
             event = run_pb2.TraceEvent(
                 id=f"{skipped_fire}/trigger.skipped",
@@ -336,13 +340,15 @@ class SchedulerEngine:
                 trigger=tracked.name,
                 status=run_pb2.RunStatus.RUN_STATUS_SKIPPED,
                 error_message=reason,
+                count=count,
             )
             event.time.GetCurrentTime()
-            spawn(self._publish_trace(subject, event.SerializeToString()), "scheduler-trace")
+            spawn(self._publish_trace(subject, event), "scheduler-trace")
 
-    async def _publish_trace(self, subject: str, payload: bytes) -> None:
+    async def _publish_trace(self, subject: str, event: run_pb2.TraceEvent) -> None:
+        """Publishes with `Nats-Msg-Id` = the event id, so a plan repeated after a restart is not counted twice."""
         try:
-            await self._nc.publish(subject, payload)
+            await self._nc.publish(subject, event.SerializeToString(), headers={messaging.MSG_ID_HEADER: event.id})
         except Exception as error:
             log.warning("cannot publish a trace event", subject=subject, error=str(error))
 

@@ -132,6 +132,7 @@ async def test_restart_catches_up_latest_once_and_counts_the_skipped(env) -> Non
 
     progress = await read_progress(suite.runtime.buckets.scheduler, feed_key)
     assert progress.skipped == len(skipped)
+    assert sum(max(e.count, 1) for e in traces.events if e.type == "trigger.skipped") == progress.skipped
     runs = (await kairos.runs.ListRuns(run_service_pb2.ListRunsRequest(parent=trigger.name, page_size=1000))).runs
     fired = [r.fire_id for r in runs]
     assert len(fired) == len(set(fired)), "no fire repeated"
