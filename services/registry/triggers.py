@@ -161,7 +161,7 @@ class TriggerRegistry:
                 f"workspace {workspace_id} has {count} {label} triggers, its limit is {limit}",
                 metadata={"kind": label, "count": str(count), "limit": str(limit)},
             )
-        connection.execute(_count_change(workspace_id, kind, +1))
+        _count_change(session, workspace_id, kind, +1)
 
     def _store(self, session: AsyncSession | Session, row: TriggerRow, trigger: trigger_pb2.Trigger) -> None:
         row.body = trigger.SerializeToString()
@@ -359,7 +359,7 @@ class TriggerRegistry:
         for webhook_id in webhook_ids:
             outbox.stage(session, outbox.WEBHOOKS, webhook_id, None)
         outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), None)
-        session.execute(_count_change(row.workspace_id, row.source_kind, -1))
+        _count_change(session, row.workspace_id, row.source_kind, -1)
         session.delete(row)
         session.commit()
 
@@ -414,11 +414,25 @@ class TriggerRegistry:
         return _take(heapq.merge(*streams, key=lambda item: item[0]), count)
 
 
-def _count_change(workspace_id: str, kind: int, change: int):
-    """The statement that moves the workspace's count of triggers of `kind`'s quota by `change`."""
-    column = "schedule_trigger_count" if kind == Kind.SOURCE_KIND_SCHEDULE else "webhook_event_trigger_count"
-    counted = getattr(WorkspaceRow, column)
-    return update(WorkspaceRow).where(WorkspaceRow.id == workspace_id).values({column: counted + change})
+def _count_update(column: str):
+    table = WorkspaceRow.__table__
+    return (
+        update(table)
+        .where(table.c.id == bindparam("workspace_id"))
+        .values({column: table.c[column] + bindparam("change")})
+    )
+
+
+COUNT_UPDATES = {
+    Kind.SOURCE_KIND_SCHEDULE: _count_update("schedule_trigger_count"),
+    Kind.SOURCE_KIND_WEBHOOK: _count_update("webhook_event_trigger_count"),
+    Kind.SOURCE_KIND_EVENT: _count_update("webhook_event_trigger_count"),
+}
+
+
+def _count_change(session: Session, workspace_id: str, kind: int, change: int) -> None:
+    """Moves the workspace's count of triggers under `kind`'s quota by `change`."""
+    session.connection().execute(COUNT_UPDATES[kind], {"workspace_id": workspace_id, "change": change})
 
 
 def _counters(stats: TriggerStatsRow | None) -> tuple | None:
