@@ -54,6 +54,10 @@ class WorkspaceRow(Base):
     max_schedule_triggers: Mapped[int] = mapped_column(Integer, default=0)
     max_webhook_event_triggers: Mapped[int] = mapped_column(Integer, default=0)
     max_concurrent_runs: Mapped[int] = mapped_column(Integer, default=0)
+    # the workspace's triggers per quota, kept by the create and delete transactions so a quota check reads one
+    # row instead of counting every trigger
+    schedule_trigger_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    webhook_event_trigger_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     revision: Mapped[int] = mapped_column(Integer, default=1)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
 

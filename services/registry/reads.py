@@ -99,28 +99,42 @@ class _Cached:
 
 
 class ScheduleCache:
-    """Compiled schedules keyed by (trigger name, revision), least recently used dropped beyond `size`."""
+    """Compiled schedules, least recently used dropped beyond `size`. Triggers with the same cron schedule (expression,
+    zone and DST rules: its fires do not depend on when the trigger was made) share one entry, so a workspace of many
+    triggers on a few common schedules computes each next fire once; other schedules have one entry per
+    (trigger name, revision)."""
 
     def __init__(self, size: int = SCHEDULE_CACHE_SIZE) -> None:
         self._size = size
-        self._entries: OrderedDict[tuple[str, int], _Cached] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, int], tuple[str, int] | bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int] | bytes, _Cached] = OrderedDict()
+
+    @staticmethod
+    def _remember(cache: OrderedDict, key, value, size: int) -> None:
+        cache[key] = value
+        if len(cache) > size:
+            cache.popitem(last=False)
 
     def _entry(self, name: str, revision: int, trigger: trigger_pb2.Trigger | bytes) -> _Cached:
         """`trigger` is the stored trigger or its serialized body, decoded only when its schedule is not cached."""
-        key = (name, revision)
-        entry = self._entries.get(key)
+        trigger_key = (name, revision)
+        key = self._keys.get(trigger_key)
+        entry = self._entries.get(key) if key is not None else None
         if entry is None:
             if isinstance(trigger, bytes):
                 trigger = trigger_pb2.Trigger.FromString(trigger)
-            schedule = compile_schedule(
-                trigger.source.schedule,
-                anchor=trigger.create_time.ToDatetime(UTC),
-                field_prefix="trigger.source.schedule",
-            )
-            entry = self._entries[key] = _Cached(schedule)
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            source = trigger.source.schedule
+            key = b"cron:" + source.SerializeToString(deterministic=True) if source.HasField("cron") else trigger_key
+            self._remember(self._keys, trigger_key, key, self._size)
+            entry = self._entries.get(key)
+            if entry is None:
+                schedule = compile_schedule(
+                    source, anchor=trigger.create_time.ToDatetime(UTC), field_prefix="trigger.source.schedule"
+                )
+                entry = _Cached(schedule)
+                self._remember(self._entries, key, entry, self._size)
         else:
+            self._keys.move_to_end(trigger_key)
             self._entries.move_to_end(key)
         return entry
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js import JetStreamContext
-from sqlalchemy import Select, bindparam, func, insert, select
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -40,18 +40,15 @@ State = trigger_pb2.TriggerState
 Kind = trigger_pb2.SourceKind
 # FOR UPDATE on the workspace row serialises a workspace's creates on PostgreSQL, so two of them cannot both count
 # the last free slot; SQLite has no row locks and needs none: it runs one writer at a time.
-WORKSPACE_LIMITS = (
-    select(WorkspaceRow.max_schedule_triggers, WorkspaceRow.max_webhook_event_triggers)
+WORKSPACE_QUOTA = (
+    select(
+        WorkspaceRow.max_schedule_triggers,
+        WorkspaceRow.max_webhook_event_triggers,
+        WorkspaceRow.schedule_trigger_count,
+        WorkspaceRow.webhook_event_trigger_count,
+    )
     .where(WorkspaceRow.id == bindparam("workspace_id"))
     .with_for_update()
-)
-TRIGGER_COUNT = (
-    select(func.count())
-    .select_from(TriggerRow.__table__)
-    .where(
-        TriggerRow.workspace_id == bindparam("workspace_id"),
-        TriggerRow.source_kind.in_(bindparam("kinds", expanding=True)),
-    )
 )
 INSERT_TRIGGER = insert(TriggerRow.__table__)
 INSERT_OUTBOX = insert(OutboxRow.__table__)
@@ -145,19 +142,18 @@ class TriggerRegistry:
         return row
 
     @staticmethod
-    def _check_quota(session: Session, workspace_id: str, kind: int) -> None:
+    def _take_quota(session: Session, workspace_id: str, kind: int) -> None:
+        """Counts one more trigger of `kind` on the workspace, or RESOURCE_EXHAUSTED when its quota is full."""
         connection = session.connection()
-        workspace = connection.execute(WORKSPACE_LIMITS, {"workspace_id": workspace_id}).first()
+        workspace = connection.execute(WORKSPACE_QUOTA, {"workspace_id": workspace_id}).first()
         if workspace is None:
             raise not_found(f"workspaces/{workspace_id}")
         if kind == Kind.SOURCE_KIND_SCHEDULE:
-            kinds, limit = [kind], workspace.max_schedule_triggers or DEFAULT_MAX_SCHEDULE_TRIGGERS
-            label = "schedule"
+            count, limit = workspace.schedule_trigger_count, workspace.max_schedule_triggers
+            limit, label = limit or DEFAULT_MAX_SCHEDULE_TRIGGERS, "schedule"
         else:
-            kinds = [Kind.SOURCE_KIND_WEBHOOK, Kind.SOURCE_KIND_EVENT]
-            limit = workspace.max_webhook_event_triggers or DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS
-            label = "webhook_event"
-        count = connection.execute(TRIGGER_COUNT, {"workspace_id": workspace_id, "kinds": kinds}).scalar_one()
+            count, limit = workspace.webhook_event_trigger_count, workspace.max_webhook_event_triggers
+            limit, label = limit or DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS, "webhook_event"
         if count >= limit:
             raise KairosError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -165,6 +161,7 @@ class TriggerRegistry:
                 f"workspace {workspace_id} has {count} {label} triggers, its limit is {limit}",
                 metadata={"kind": label, "count": str(count), "limit": str(limit)},
             )
+        _count_change(session, workspace_id, kind, +1)
 
     def _store(self, session: AsyncSession | Session, row: TriggerRow, trigger: trigger_pb2.Trigger) -> None:
         row.body = trigger.SerializeToString()
@@ -197,7 +194,7 @@ class TriggerRegistry:
                 return self._decode(existing), False
         schedule = validate_trigger(draft, now)
         kind = SOURCE_KINDS[draft.source.WhichOneof("kind")]
-        self._check_quota(session, workspace_id, kind)
+        self._take_quota(session, workspace_id, kind)
         trigger_id = new_id("t")
         trigger = trigger_pb2.Trigger()
         trigger.CopyFrom(draft)
@@ -362,6 +359,7 @@ class TriggerRegistry:
         for webhook_id in webhook_ids:
             outbox.stage(session, outbox.WEBHOOKS, webhook_id, None)
         outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), None)
+        _count_change(session, row.workspace_id, row.source_kind, -1)
         session.delete(row)
         session.commit()
 
@@ -414,6 +412,27 @@ class TriggerRegistry:
             if first is not None and (end is None or first < end):
                 streams.append(_fires(first, name, self._schedules.schedule(name, revision, body), end))
         return _take(heapq.merge(*streams, key=lambda item: item[0]), count)
+
+
+def _count_update(column: str):
+    table = WorkspaceRow.__table__
+    return (
+        update(table)
+        .where(table.c.id == bindparam("workspace_id"))
+        .values({column: table.c[column] + bindparam("change")})
+    )
+
+
+COUNT_UPDATES = {
+    Kind.SOURCE_KIND_SCHEDULE: _count_update("schedule_trigger_count"),
+    Kind.SOURCE_KIND_WEBHOOK: _count_update("webhook_event_trigger_count"),
+    Kind.SOURCE_KIND_EVENT: _count_update("webhook_event_trigger_count"),
+}
+
+
+def _count_change(session: Session, workspace_id: str, kind: int, change: int) -> None:
+    """Moves the workspace's count of triggers under `kind`'s quota by `change`."""
+    session.connection().execute(COUNT_UPDATES[kind], {"workspace_id": workspace_id, "change": change})
 
 
 def _counters(stats: TriggerStatsRow | None) -> tuple | None:

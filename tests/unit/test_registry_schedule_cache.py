@@ -47,3 +47,27 @@ def test_a_new_revision_is_compiled_anew_and_the_oldest_entry_is_dropped() -> No
     assert cache.next_fire(hourly.name, 1, hourly, now) == CREATED + timedelta(hours=2)
     assert cache.next_fire(daily.name, 2, daily, now) == datetime(2026, 3, 1, 8, tzinfo=UTC)
     assert cache.schedule(hourly.name, 1, hourly).canonical_expression == "0 * * * *"
+
+
+def test_triggers_on_the_same_cron_schedule_share_one_entry_and_intervals_do_not() -> None:
+    cache = ScheduleCache()
+    now = CREATED + timedelta(days=3)
+    first, second = trigger("0 9 * * 1-5"), trigger("0 9 * * 1-5")
+    second.name = "workspaces/ws/triggers/t_2"
+    second.create_time.FromDatetime(CREATED + timedelta(days=1))
+    other_zone = trigger("0 9 * * 1-5", timezone="America/New_York")
+    other_zone.name = "workspaces/ws/triggers/t_3"
+    assert cache.schedule(first.name, 1, first) is cache.schedule(second.name, 1, second)
+    assert cache.schedule(other_zone.name, 1, other_zone) is not cache.schedule(first.name, 1, first)
+    expected = compile_schedule(first.source.schedule, anchor=CREATED).next_fire_after(now)
+    assert cache.next_fire(first.name, 1, first, now) == cache.next_fire(second.name, 1, second, now) == expected
+
+    every_hour, later = trigger("* * * * *"), trigger("* * * * *")
+    for stored, created in ((every_hour, CREATED), (later, CREATED + timedelta(minutes=30))):
+        stored.source.schedule.ClearField("cron")
+        stored.source.schedule.interval.every.FromTimedelta(timedelta(hours=1))
+        stored.create_time.FromDatetime(created)
+    every_hour.name, later.name = "workspaces/ws/triggers/t_4", "workspaces/ws/triggers/t_5"
+    start = CREATED + timedelta(minutes=45)
+    assert cache.next_fire(every_hour.name, 1, every_hour, start) == CREATED + timedelta(hours=1)
+    assert cache.next_fire(later.name, 1, later, start) == CREATED + timedelta(minutes=90)
