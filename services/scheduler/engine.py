@@ -211,8 +211,9 @@ class SchedulerEngine:
             self._shard_keys[previous.shard].discard(key)
         tracked = self._track(key, data) if data else None
         if tracked is None:
-            if previous is not None and self._forget_progress(previous.shard, key):
-                self._dirty.add(previous.shard)
+            shard = shard_of(key)
+            if data is None and self._forget_progress(shard, key):  # deleted; a paused trigger keeps its count
+                self._dirty.add(shard)
             return
         self._tracked[key] = tracked
         self._shard_keys[tracked.shard].add(key)
@@ -220,7 +221,7 @@ class SchedulerEngine:
             self._plan(key, tracked, now_us(), late_since=None)
 
     def _forget_progress(self, shard: int, key: str) -> bool:
-        """Drops a trigger that is no longer scheduled from its shard's progress; True if it was there."""
+        """Drops a deleted trigger from its shard's progress (when this replica holds it); True if it was there."""
         triggers = self._progress.get(shard)
         return triggers is not None and triggers.pop(key, None) is not None
 
