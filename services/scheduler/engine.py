@@ -59,10 +59,11 @@ PUBLISH_ATTEMPTS = 2
 MAX_IN_FLIGHT = 4000
 RETRY_AFTER_US = 1_000_000
 PROGRESS_EVERY_S = 1.0
-SPIN_US = 2_000
+SPIN_US = 1_000
 SKIPPED_EVENTS_PER_PLAN = 100
 Mode = trigger_pb2.CatchupMode
 ACTIVE = trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE
+_SCHEDULE_TRIGGER = run_pb2.TriggerType.TRIGGER_TYPE_SCHEDULE
 _PROGRESS_SUBJECT_PREFIX = f"$KV.{messaging.SCHEDULER_BUCKET}."
 
 
@@ -103,6 +104,33 @@ class Tracked:
     generation: int = 0
 
 
+class NextFireCache:
+    """`schedule.next_fire_after_us`, memoised for cron, whose computation is the costly one.
+
+    Per cron source it keeps one stretch: having found that `found` is the first fire after `since`, it is also
+    the first fire after any instant in [since, found). Triggers sharing a schedule (thousands do) and the
+    instants they are planned from mostly fall in the same stretch, so 100,000 triggers cost one computation
+    per distinct schedule.
+    """
+
+    def __init__(self) -> None:
+        self._stretches: dict[bytes, tuple[int, int | None]] = {}
+
+    def next_after(self, schedule: Schedule, after: int) -> int | None:
+        if schedule.kind != "cron":
+            return schedule.next_fire_after_us(after)
+        source = schedule.serialized_source
+        stretch = self._stretches.get(source)
+        if stretch is not None:
+            since, found = stretch
+            if since <= after and (found is None or after < found):
+                return found
+        found = schedule.next_fire_after_us(after)
+        if stretch is None or found is None or stretch[1] is None or found >= stretch[1]:
+            self._stretches[source] = (after, found)  # a later stretch, or the same one reaching further back
+        return found
+
+
 class SchedulerEngine:
     """Knows every active schedule trigger, plans those of the shards it holds, and fires them on time."""
 
@@ -121,7 +149,7 @@ class SchedulerEngine:
         self._sequence = itertools.count()
         self._generations = itertools.count(1)
         self._compiled: dict[bytes, Schedule] = {}
-        self._next_cache: dict[tuple[bytes, int], int | None] = {}
+        self._next_fires = NextFireCache()
         self._instant_texts: dict[int, str] = {}
         self._wakeup = asyncio.Event()
         self._pending: set[asyncio.Future] = set()
@@ -183,8 +211,9 @@ class SchedulerEngine:
             self._shard_keys[previous.shard].discard(key)
         tracked = self._track(key, data) if data else None
         if tracked is None:
-            if previous is not None and self._forget_progress(previous.shard, key):
-                self._dirty.add(previous.shard)
+            shard = shard_of(key)
+            if data is None and self._forget_progress(shard, key):  # deleted; a paused trigger keeps its count
+                self._dirty.add(shard)
             return
         self._tracked[key] = tracked
         self._shard_keys[tracked.shard].add(key)
@@ -192,7 +221,7 @@ class SchedulerEngine:
             self._plan(key, tracked, now_us(), late_since=None)
 
     def _forget_progress(self, shard: int, key: str) -> bool:
-        """Drops a trigger that is no longer scheduled from its shard's progress; True if it was there."""
+        """Drops a deleted trigger from its shard's progress (when this replica holds it); True if it was there."""
         triggers = self._progress.get(shard)
         return triggers is not None and triggers.pop(key, None) is not None
 
@@ -205,44 +234,33 @@ class SchedulerEngine:
         except KairosError as error:
             log.error("trigger has an invalid schedule; not scheduling it", key=key, error=str(error))
             return None
-        changed_at = trigger.update_time.ToMicroseconds() - 1
-        name = parse_trigger(trigger.name, "trigger")
         template = fire_pb2.FireRequest(
             trigger=trigger.name,
-            trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_SCHEDULE,
+            trigger_type=_SCHEDULE_TRIGGER,
             action=trigger.action,
             policies=trigger.policies,
             timezone=schedule.timezone,
             trigger_revision=trigger.revision,
         )
-        subject = messaging.fire_subject(name.workspace, name.trigger)
+        # The feed key is `<workspace>.<trigger>`, ids the registry checked: the fire subject's last two tokens.
+        subject = f"{messaging.FIRE_SUBJECT_PREFIX}.{key}"
+        changed_at = trigger.update_time.ToMicroseconds() - 1
         return Tracked(template.SerializeToString(), subject, trigger.name, shard_of(key), schedule, changed_at)
 
     def _compile(self, trigger: trigger_pb2.Trigger) -> Schedule:
         """Compiles a schedule; identical cron and one-shot sources share one compiled Schedule."""
         source = trigger.source.schedule
-        anchor = trigger.create_time.ToDatetime(UTC)
         if source.WhichOneof("spec") == "interval":
-            return compile_schedule(source, anchor=anchor)
+            return compile_schedule(source, anchor=trigger.create_time.ToDatetime(UTC))
         serialized = source.SerializeToString(deterministic=True)
         schedule = self._compiled.get(serialized)
         if schedule is None:
+            anchor = trigger.create_time.ToDatetime(UTC)
             schedule = self._compiled[serialized] = compile_schedule(source, anchor=anchor)
         return schedule
 
     def _next_after(self, schedule: Schedule, after: int) -> int | None:
-        """`schedule.next_fire_after_us`, memoised for cron (whose answer depends only on the second)."""
-        if schedule.kind != "cron":
-            return schedule.next_fire_after_us(after)
-        cache_key = (schedule.serialized_source, after // 1_000_000)
-        try:
-            return self._next_cache[cache_key]
-        except KeyError:
-            pass
-        if len(self._next_cache) > 100_000:
-            self._next_cache.clear()
-        found = self._next_cache[cache_key] = schedule.next_fire_after_us(after)
-        return found
+        return self._next_fires.next_after(schedule, after)
 
     # ------------------------------------------------------------------------------------ shards
 

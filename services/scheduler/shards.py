@@ -125,6 +125,8 @@ class ShardLeases:
                 await self._release(shard, "rebalance")
         elif extra < 0:
             await self._acquire(-extra)
+        if extra:
+            await self._heartbeat()  # the shards changed: say so now rather than at the next round
         if len(self._held) == target:
             self.balanced.set()
         else:

@@ -145,6 +145,17 @@ class Seen:
 
 
 EntryCallback = Callable[[str, bytes | None, int], None]
+_V1_ACK_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+
+
+def _revision_and_pending(message: Msg) -> tuple[int, int]:
+    """The stream sequence and pending count of a delivered message, read straight from the common (v1) ack
+    subject; nats-py's full `metadata` (with a datetime) for any other form. Loading 100,000 keys feels it."""
+    tokens = message.reply.split(".")
+    if len(tokens) == _V1_ACK_TOKENS:
+        return int(tokens[5]), int(tokens[8])
+    metadata = message.metadata
+    return metadata.sequence.stream, metadata.num_pending
 
 
 async def follow_bucket(js: JetStreamContext, bucket: str, on_entry: EntryCallback, loaded: asyncio.Event):
@@ -160,11 +171,12 @@ async def follow_bucket(js: JetStreamContext, bucket: str, on_entry: EntryCallba
         operation = message.headers.get(KV_OP) if message.headers else None
         deleted = operation in (KV_DEL, KV_PURGE) or not message.data
         key = message.subject[len(prefix) :]
+        revision, pending = _revision_and_pending(message)
         try:
-            on_entry(key, None if deleted else message.data, message.metadata.sequence.stream)
+            on_entry(key, None if deleted else message.data, revision)
         except Exception:
             log.exception("cannot apply a KV entry", bucket=bucket, key=key)
-        if message.metadata.num_pending == 0:
+        if pending == 0:
             loaded.set()
 
     subscription = await js.subscribe(
