@@ -3,7 +3,8 @@
 with a bare "return 202" plain ASGI app served by the ingress's own HTTP server set-up (`start_http`, uvloop) in a
 second process. Both receive the identical signed requests from the same raw-HTTP keep-alive client with bounded
 concurrency, in alternating rounds so a burst of load from elsewhere on the machine hits both alike. Also:
-forged requests refused per second, and the CPU time each server process spent per request.
+forged requests refused per second, and the CPU time each server process (and the ingress's nats-server) spent
+per request.
 
 `python -m tests.benchmarks.bench_ingress bare <port>` serves the bare app (used by the benchmark itself).
 """
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -45,6 +47,7 @@ FIGURES = (
     "ingress.accepted_per_s.vs.bare",
     "ingress.rejected_per_s",
     "ingress.accepted_cpu_us",
+    "ingress.accepted_nats_cpu_us",
     "ingress.bare_cpu_us",
 )
 ROUNDS = 3
@@ -210,11 +213,22 @@ def percentile(values: list[float], fraction: float) -> float:
     return statistics.quantiles(values, n=1000)[round(fraction * 1000) - 1]
 
 
-async def timed(pid: int, port: int, requests: list[bytes], expected: int) -> tuple[float, list[float], float]:
-    """Drives `requests` at `port`; (elapsed seconds, latencies, CPU seconds the server process `pid` spent)."""
-    cpu_before = cpu_seconds(pid)
-    rate, latencies = await drive(port, requests, expected)
-    return len(requests) / rate, latencies, cpu_seconds(pid) - cpu_before
+@dataclass
+class Totals:
+    """One server's figures summed over the rounds; `cpu` holds the CPU seconds of each watched process."""
+
+    elapsed: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    async def drive(self, port: int, requests: list[bytes], watched: dict[str, int]) -> None:
+        """Drives `requests` (each answered 202) at `port`, adding the CPU time of the `watched` processes."""
+        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        rate, latencies = await drive(port, requests, 202)
+        self.elapsed += len(requests) / rate
+        self.latencies.extend(latencies)
+        for name, pid in watched.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
 
 
 async def run(report) -> None:
@@ -248,18 +262,13 @@ async def run(report) -> None:
                     await drive(ingress_port, warm_up, 202)
                     await drive(bare_port, warm_up, 202)
 
-                    accepted = [0.0, [], 0.0]
-                    bare_totals = [0.0, [], 0.0]
+                    accepted, bare_totals = Totals(), Totals()
                     for _ in range(ROUNDS):
                         requests = signed_requests(webhook_id, key, PER_ROUND)
-                        for totals, pid, port in (
-                            (accepted, ingress.process.pid, ingress_port),
-                            (bare_totals, bare.pid, bare_port),
-                        ):
-                            elapsed, latencies, cpu = await timed(pid, port, requests, 202)
-                            totals[0] += elapsed
-                            totals[1].extend(latencies)
-                            totals[2] += cpu
+                        await accepted.drive(
+                            ingress_port, requests, {"ingress": ingress.process.pid, "nats": nats_server.pid}
+                        )
+                        await bare_totals.drive(bare_port, requests, {"bare": bare.pid})
                     forged = signed_requests(webhook_id, key, REJECTED, forged=True)
                     rejected_rate, _ = await drive(ingress_port, forged, 401)
                 finally:
@@ -270,15 +279,16 @@ async def run(report) -> None:
                         bare.kill()
                         await bare.wait()
             total = ROUNDS * PER_ROUND
-            accepted_rate, bare_rate = total / accepted[0], total / bare_totals[0]
+            accepted_rate, bare_rate = total / accepted.elapsed, total / bare_totals.elapsed
             report("ingress.accepted_per_s", accepted_rate, "req/s")
-            report("ingress.accepted_p50_ms", percentile(accepted[1], 0.5) * 1000, "ms")
-            report("ingress.accepted_p99_ms", percentile(accepted[1], 0.99) * 1000, "ms")
+            report("ingress.accepted_p50_ms", percentile(accepted.latencies, 0.5) * 1000, "ms")
+            report("ingress.accepted_p99_ms", percentile(accepted.latencies, 0.99) * 1000, "ms")
             report("ingress.bare_per_s", bare_rate, "req/s")
             report("ingress.accepted_per_s.vs.bare", accepted_rate / bare_rate, "x")
             report("ingress.rejected_per_s", rejected_rate, "req/s")
-            report("ingress.accepted_cpu_us", accepted[2] / total * 1e6, "us/req")
-            report("ingress.bare_cpu_us", bare_totals[2] / total * 1e6, "us/req")
+            report("ingress.accepted_cpu_us", accepted.cpu["ingress"] / total * 1e6, "us/req")
+            report("ingress.accepted_nats_cpu_us", accepted.cpu["nats"] / total * 1e6, "us/req")
+            report("ingress.bare_cpu_us", bare_totals.cpu["bare"] / total * 1e6, "us/req")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["bare"]:
