@@ -91,23 +91,6 @@ async def test_many_in_flight_beyond_the_window_all_acknowledged_in_order(nc, st
     assert (await nc.jetstream().stream_info(name)).state.messages == count
 
 
-async def test_request_returns_the_raw_reply_of_a_kv_direct_get(nc, publisher) -> None:
-    bucket = f"pubtest_{uuid.uuid4().hex[:12]}"
-    js = nc.jetstream()
-    kv = await messaging.ensure_key_value(js, bucket, direct=True)
-    try:
-        await kv.put("present", b"value")
-        direct_get = f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."
-        async with asyncio.timeout(WAIT_S):
-            found = await publisher.request(direct_get + "present")
-            missing = await publisher.request(direct_get + "absent")
-        assert found.data == b"value" and not found.headers.get("Status")
-        assert missing.headers["Status"] == "404" and not missing.data
-        assert publisher.in_flight == 0
-    finally:
-        await js.delete_key_value(bucket)
-
-
 async def test_subject_no_stream_captures_fails_with_no_stream(publisher) -> None:
     subject = f"pubtest.nostream.{uuid.uuid4().hex[:12]}"
     async with asyncio.timeout(WAIT_S):
@@ -194,9 +177,60 @@ async def test_close_fails_publishes_still_waiting(nc) -> None:
         await listener.unsubscribe()
 
 
+async def test_a_full_window_holds_further_publishes_back(nc) -> None:
+    subject = f"pubtest.window.{uuid.uuid4().hex[:12]}"
+    received: list[bytes] = []
+
+    async def silent(message) -> None:
+        received.append(message.data)
+
+    listener = await nc.subscribe(subject, cb=silent)
+    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0)
+    await publisher.start()
+    try:
+        first = [await publisher.submit(subject, str(i).encode()) for i in range(2)]
+        third = asyncio.create_task(publisher.submit(subject, b"2"))
+        async with asyncio.timeout(WAIT_S):
+            await nc.flush()  # a round trip: the third publish, had it been sent, arrives before the PONG
+            while len(received) < 2:
+                await nc.flush()
+        assert not third.done() and received == [b"0", b"1"] and publisher.in_flight == 2
+        await publisher.close()
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(PublisherClosedError):
+                await third
+            for pending in first:
+                with pytest.raises(PublisherClosedError):
+                    await pending
+    finally:
+        await publisher.close()
+        await listener.unsubscribe()
+
+
 async def test_publish_before_start_is_an_error(nc) -> None:
     with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
         await JetStreamPublisher(nc).publish("pubtest.x", b"x")
+
+
+@pytest.mark.parametrize(
+    ("subject", "headers", "problem"),
+    [
+        ("bad subject", None, "invalid NATS subject"),
+        ("", None, "invalid NATS subject"),
+        ("pubtest.ok", {"X-Bad": "line\r\nbreak"}, "line break"),
+        ("pubtest.ok", {"Bad Name": "x"}, "invalid NATS header name"),
+        ("pubtest.ok", {"": "x"}, "invalid NATS header name"),
+    ],
+)
+async def test_what_would_break_the_protocol_is_refused(publisher, subject, headers, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
+        await publisher.submit(subject, b"x", headers=headers)
+    assert publisher.in_flight == 0
+
+
+async def test_payload_over_the_server_limit_is_refused(nc, publisher) -> None:
+    with pytest.raises(JetStreamPublishError, match="exceeds"):
+        await publisher.submit("pubtest.big", b"x" * (nc.max_payload + 1))
 
 
 async def _ignore(message) -> None:

@@ -1,8 +1,9 @@
 """A lean JetStream publisher: many publishes in flight over one reply subscription.
 
 nats-py's `js.publish` waits for each ack on a fresh inbox, and its `publish_async` pays for a task, a random
-token and a dataclass parse per message. Here every publish's reply subject is `<inbox>.<counter>` under one
-wildcard subscription, the PubAck is parsed with orjson, at most `max_in_flight` publishes wait for their
+token, a per-header regex and a dataclass parse per message. Here every publish's reply subject is
+`<inbox>.<counter>` under one wildcard subscription, the whole HPUB command is built once per publish (headers
+checked once), the PubAck is parsed with orjson, at most `max_in_flight` publishes wait for their
 ack (further publishes wait for a free slot), each attempt has a deadline, and a publish not acknowledged in
 time is sent again with the same `Nats-Msg-Id`, which JetStream's de-duplication makes safe.
 
@@ -17,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import nats.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.protocol.command import hpub_cmd, pub_cmd
 
 from kairos.core.tasks import spawn
 
@@ -35,6 +40,9 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_MAX_IN_FLIGHT = 4096
 _STATUS_HEADER = "Status"
 _NO_RESPONDERS = "503"
+_HEADER_LINE = b"NATS/1.0\r\n"
+_HEADER_KEY_FORBIDDEN = frozenset(":\r\n \t")
+_WHITESPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,21 +78,34 @@ class PublisherClosedError(JetStreamPublishError):
 
 
 class _Pending:
-    """One publish waiting for its ack (or, when `raw`, one request waiting for its reply message)."""
+    """One publish waiting for its ack: the whole protocol command, sent again as is on a retry."""
 
-    __slots__ = ("attempts_left", "future", "headers", "payload", "raw", "subject", "timeout", "timer")
+    __slots__ = ("attempts_left", "command", "future", "subject", "timeout", "timer")
 
-    def __init__(
-        self, subject: str, payload: bytes, headers, timeout: float, attempts: int, future, raw: bool = False
-    ) -> None:
-        self.raw = raw
+    def __init__(self, subject: str, command: bytes, timeout: float, attempts: int, future) -> None:
         self.subject = subject
-        self.payload = payload
-        self.headers = headers
+        self.command = command
         self.timeout = timeout
         self.attempts_left = attempts
         self.future: asyncio.Future[PubAck] = future
         self.timer: asyncio.TimerHandle | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_header_name(key: str) -> str:
+    if not key or not key.isascii() or _HEADER_KEY_FORBIDDEN.intersection(key):
+        raise ValueError(f"invalid NATS header name {key!r}")
+    return key
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """The NATS header block for `headers`; a key or value that would break the protocol is a ValueError."""
+    lines = []
+    for key, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"NATS header {key!r} has a line break in its value")
+        lines.append(f"{_checked_header_name(key)}: {value}\r\n")
+    return _HEADER_LINE + "".join(lines).encode() + b"\r\n"
 
 
 class JetStreamPublisher:
@@ -103,7 +124,10 @@ class JetStreamPublisher:
         self._nc = nc
         self._timeout = timeout
         self._attempts = attempts
-        self._window = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        # A full window reopens only once a quarter of it is acknowledged: fewer wake-ups than one per ack.
+        self._reopen_at = max_in_flight - max(1, max_in_flight // 4)
+        self._room: asyncio.Future[None] | None = None
         self._pending: dict[str, _Pending] = {}
         self._counter = itertools.count()
         self._prefix = ""
@@ -160,30 +184,33 @@ class JetStreamPublisher:
         `msg_id` sets `Nats-Msg-Id` (without one a retry may store the message twice); `stream` sets
         `Nats-Expected-Stream`, so a subject captured by another stream is refused.
         """
+        if self._subscription is None:
+            raise RuntimeError("JetStreamPublisher.start() was not called")
+        if not subject or _WHITESPACE.search(subject):
+            raise ValueError(f"invalid NATS subject {subject!r}")
+        if len(payload) > self._nc.max_payload:
+            raise JetStreamPublishError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
         if msg_id is not None or stream is not None:
             headers = dict(headers or {})
             if msg_id is not None:
                 headers[MSG_ID_HEADER] = msg_id
             if stream is not None:
                 headers[EXPECTED_STREAM_HEADER] = stream
-        return await self._submit(subject, payload, headers, timeout, attempts, raw=False)
-
-    async def request(
-        self, subject: str, payload: bytes = b"", *, timeout: float | None = None, attempts: int | None = None
-    ) -> Msg:
-        """A JetStream API request (a KV direct get, say) over the same reply inbox, retried like a publish;
-        returns the reply message as it came (a `Status` header tells a 404)."""
-        return await (await self._submit(subject, payload, None, timeout, attempts, raw=True))
-
-    async def _submit(self, subject, payload, headers, timeout, attempts, *, raw: bool) -> asyncio.Future:
-        if self._subscription is None:
-            raise RuntimeError("JetStreamPublisher.start() was not called")
-        await self._window.acquire()
-        future: asyncio.Future = self._loop.create_future()
+        header_block = encode_headers(headers) if headers else None
+        while len(self._pending) >= self._max_in_flight:
+            if self._room is None or self._room.done():
+                self._room = self._loop.create_future()
+            await self._room
+            if self._subscription is None:
+                raise PublisherClosedError(subject, "the publisher was closed")
+        future: asyncio.Future[PubAck] = self._loop.create_future()
         reply = f"{self._prefix}{next(self._counter)}"
-        entry = _Pending(subject, payload, headers, timeout or self._timeout, attempts or self._attempts, future, raw)
+        if header_block is None:
+            command = pub_cmd(subject, reply, payload)
+        else:
+            command = hpub_cmd(subject, reply, header_block, payload)
+        entry = _Pending(subject, command, timeout or self._timeout, attempts or self._attempts, future)
         self._pending[reply] = entry
-        future.add_done_callback(self._release)
         await self._send(reply, entry)
         return future
 
@@ -197,6 +224,8 @@ class JetStreamPublisher:
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             self._finish(entry, error=PublisherClosedError(entry.subject, "the publisher was closed"))
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -204,10 +233,19 @@ class JetStreamPublisher:
         entry.attempts_left -= 1
         entry.timer = self._loop.call_later(entry.timeout, self._expired, reply)
         try:
-            await self._nc.publish(entry.subject, entry.payload, reply=reply, headers=entry.headers)
+            await self._write(entry.command)
         except Exception as error:
             if self._pending.pop(reply, None) is entry:
                 self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {error!r}"))
+
+    async def _write(self, command: bytes) -> None:
+        """What `nc.publish` does once its command is built (the same calls), without re-checking headers."""
+        nc = self._nc
+        if nc.is_closed:
+            raise nats.errors.ConnectionClosedError
+        await nc._send_command(command)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
 
     def _expired(self, reply: str) -> None:
         entry = self._pending.get(reply)
@@ -215,6 +253,7 @@ class JetStreamPublisher:
             return
         if entry.future.done():  # cancelled by its caller: stop retrying
             del self._pending[reply]
+            self._finish(entry)
             return
         if entry.attempts_left > 0:
             retry = spawn(self._send(reply, entry), "jetstream-publish-retry")
@@ -232,9 +271,6 @@ class JetStreamPublisher:
         if headers and headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
             self._finish(entry, error=NoStreamError(entry.subject, "no stream captures this subject"))
             return
-        if entry.raw:
-            self._finish(entry, ack=message)
-            return
         try:
             document = orjson.loads(message.data)
             error = document.get("error")
@@ -248,16 +284,16 @@ class JetStreamPublisher:
             failure = JetStreamPublishError(entry.subject, f"unreadable ack {message.data[:200]!r}: {problem!r}")
         self._finish(entry, error=failure)
 
-    @staticmethod
-    def _finish(entry: _Pending, *, ack: PubAck | Msg | None = None, error: Exception | None = None) -> None:
+    def _finish(self, entry: _Pending, *, ack: PubAck | None = None, error: Exception | None = None) -> None:
+        """Settles a publish already removed from `_pending`, and reopens a full window once it has room."""
         if entry.timer is not None:
             entry.timer.cancel()
+        room = self._room
+        if room is not None and len(self._pending) <= self._reopen_at and not room.done():
+            room.set_result(None)
         if entry.future.done():
             return
         if error is None:
             entry.future.set_result(ack)
         else:
             entry.future.set_exception(error)
-
-    def _release(self, _future: asyncio.Future) -> None:
-        self._window.release()
