@@ -15,7 +15,7 @@ from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.runtime import Runtime
 from kairos.core.sealing import Sealer
 from kairos.core.tasks import spawn
-from kairos.ingress.endpoint import FireTemplates, TriggerIndex, WebhookEndpoint, build_app
+from kairos.ingress.endpoint import TriggerIndex, WebhookEndpoint, WebhookViews, build_app
 from kairos.ingress.events import EventConsumer, EventFirer, EventServicer, EventTypeCatalog
 from kairos.ingress.limits import RateLimiter
 from kairos.ingress.metrics import IngressMetrics
@@ -74,12 +74,12 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     signing_keys = SigningKeys(sealer)
     limiter = RateLimiter(config.webhook_rate_per_s, config.webhook_burst)
     trigger_index = TriggerIndex()
-    templates = FireTemplates()
+    views = WebhookViews(limiter)
 
     def webhook_changed(key: str, _value) -> None:
         signing_keys.forget(key)
         limiter.forget(key)
-        templates.forget(key)
+        views.forget(key)
 
     webhooks: KvMirror[feed_pb2.WebhookRecord] = KvMirror(
         runtime.buckets.webhooks, feed_pb2.WebhookRecord, on_change=webhook_changed
@@ -110,7 +110,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         limiter=limiter,
         metrics=metrics,
         trigger_index=trigger_index,
-        templates=templates,
+        views=views,
         tolerance_s=config.webhook_tolerance_s,
     )
     app = build_app(endpoint, metrics, lambda: runtime.nats.is_connected)

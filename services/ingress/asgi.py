@@ -8,6 +8,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
+import structlog
+
+log = structlog.get_logger(__name__)
 
 JSON = b"application/json"
 Handler = Callable[["Request"], Awaitable["Answer"]]
@@ -31,6 +34,10 @@ class BodyTooLarge(Exception):
     """The request body went over the limit while it was read."""
 
 
+class ClientGone(Exception):
+    """The client disconnected before sending the whole body: there is no one left to answer."""
+
+
 class Request:
     """The parts of an ASGI HTTP request a handler reads: lower-case headers, the path parameter, the body."""
 
@@ -47,7 +54,7 @@ class Request:
         while True:
             message = await self._receive()
             if message["type"] != "http.request":
-                raise ConnectionAbortedError("the client went away before sending the whole body")
+                raise ClientGone
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
@@ -128,7 +135,13 @@ class App:
                     ((b"allow", allow.encode()),),
                 )
             else:
-                answer = await handler(Request(headers_of(scope), param, receive))
+                try:
+                    answer = await handler(Request(headers_of(scope), param, receive))
+                except ClientGone:
+                    return
+                except Exception:
+                    log.exception("request failed", path=scope["path"])
+                    answer = json_answer(500, {"error": "internal", "message": "the request could not be handled"})
         await send_answer(send, answer)
 
 

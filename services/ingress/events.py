@@ -26,7 +26,7 @@ from kairos.core.errors import invalid_argument, unavailable
 from kairos.core.feed import KvMirror
 from kairos.core.names import new_id
 from kairos.core.tasks import spawn
-from kairos.ingress.endpoint import lookup_path
+from kairos.ingress.endpoint import TRIGGER_ACTIVE, lookup_path
 from kairos.v1 import event_service_pb2, event_service_pb2_grpc, fire_pb2, run_pb2, trigger_pb2
 
 log = structlog.get_logger(__name__)
@@ -63,7 +63,7 @@ def condition_holds(condition: trigger_pb2.FieldCondition, data: Any) -> bool:
 
 def matches(trigger: trigger_pb2.Trigger, workspace: str, event_type: str, data: Any) -> bool:
     return (
-        trigger.state == trigger_pb2.TriggerState.TRIGGER_STATE_ACTIVE
+        trigger.state == TRIGGER_ACTIVE
         and trigger.source.HasField("event")
         and trigger.source.event.event_type == event_type
         and trigger.name.startswith(f"workspaces/{workspace}/")

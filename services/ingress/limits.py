@@ -32,7 +32,10 @@ class RateLimiter:
 
     def acquire(self, webhook_id: str, rate_limit: webhook_pb2.RateLimit) -> int:
         """Takes one token; returns 0 when allowed, else the whole seconds to wait before a retry can pass."""
-        per_s, burst = self.limits(rate_limit)
+        return self.take(webhook_id, *self.limits(rate_limit))
+
+    def take(self, webhook_id: str, per_s: float, burst: int) -> int:
+        """`acquire` with the webhook's limits already worked out by `limits`."""
         now = self._clock()
         bucket = self._buckets.get(webhook_id)
         if bucket is None:

@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 from collections.abc import Mapping
 
 from kairos.core.sealing import Sealer, SealingError
@@ -74,34 +75,52 @@ def verify(keys: list[bytes], message_id: str, timestamp: str, body: bytes, sign
 
 
 class SigningKeys:
-    """Opens the sealed signing keys of webhook records once per credential; later requests use the cache.
+    """Opens the sealed signing keys of webhook records once per credential; later requests use the cache,
+    which for an unchanged record object is a list of (key, expiry) read without touching the protobuf.
     `forget(webhook_id)` drops a webhook's keys when its record changes or goes."""
 
     def __init__(self, sealer: Sealer | None) -> None:
         self._sealer = sealer
         self._opened: dict[str, dict[str, tuple[bytes, bytes]]] = {}
+        self._of_record: dict[str, tuple[feed_pb2.WebhookRecord, list[tuple[bytes, float]]]] = {}
 
     def current(self, webhook_id: str, record: feed_pb2.WebhookRecord, now_seconds: float) -> list[bytes]:
         """The unexpired signing keys of `record`; keys that do not open are skipped (and never cached)."""
+        cached = self._of_record.get(webhook_id)
+        if cached is None or cached[0] is not record:
+            keys, complete = self._open_all(webhook_id, record, now_seconds)
+            if not complete:
+                return [key for key, _ in keys]
+            cached = self._of_record[webhook_id] = (record, keys)
+        return [key for key, expires in cached[1] if expires > now_seconds]
+
+    def _open_all(
+        self, webhook_id: str, record: feed_pb2.WebhookRecord, now_seconds: float
+    ) -> tuple[list[tuple[bytes, float]], bool]:
+        """(key, expiry) of each unexpired credential that opens; False when some key did not open."""
         opened = self._opened.setdefault(webhook_id, {})
-        keys = []
+        keys, complete = [], True
         for credential in record.credentials:
             if not credential.sealed_signing_key:
                 continue
-            if credential.HasField("expire_time") and credential.expire_time.seconds <= now_seconds:
+            expires = credential.expire_time.seconds if credential.HasField("expire_time") else math.inf
+            if expires <= now_seconds:
                 continue
             cached = opened.get(credential.id)
             if cached is not None and cached[0] == credential.sealed_signing_key:
-                keys.append(cached[1])
+                keys.append((cached[1], expires))
                 continue
             key = self._open(record.webhook.name, credential.sealed_signing_key)
-            if key is not None:
+            if key is None:
+                complete = False
+            else:
                 opened[credential.id] = (credential.sealed_signing_key, key)
-                keys.append(key)
-        return keys
+                keys.append((key, expires))
+        return keys, complete
 
     def forget(self, webhook_id: str) -> None:
         self._opened.pop(webhook_id, None)
+        self._of_record.pop(webhook_id, None)
 
     def opened_count(self) -> int:
         return sum(len(opened) for opened in self._opened.values())

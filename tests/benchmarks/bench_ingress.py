@@ -1,8 +1,10 @@
 """Webhook ingress throughput: Standard Webhooks (HMAC) requests accepted per second by ONE ingress process
 (`python -m kairos.ingress`, its own nats-server, the change feed seeded directly), side by side in the same run
-with a bare "return 202" Starlette app on the same uvicorn settings in a second process, driven by the same
-raw-HTTP keep-alive client with bounded concurrency from this process. Also: forged requests refused per second,
-and the CPU time each server process spent per request.
+with a bare "return 202" plain ASGI app served by the ingress's own HTTP server set-up (`start_http`, uvloop) in a
+second process. Both receive the identical signed requests from the same raw-HTTP keep-alive client with bounded
+concurrency, in alternating rounds so a burst of load from elsewhere on the machine hits both alike. Also:
+forged requests refused per second, and the CPU time each server process (and the ingress's nats-server) spent
+per request.
 
 `python -m tests.benchmarks.bench_ingress bare <port>` serves the bare app (used by the benchmark itself).
 """
@@ -15,12 +17,15 @@ import hashlib
 import hmac
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -31,6 +36,7 @@ from kairos.core import messaging
 from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
+from kairos.devtools.processes import ServiceProcesses
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
 
 FIGURES = (
@@ -41,56 +47,53 @@ FIGURES = (
     "ingress.accepted_per_s.vs.bare",
     "ingress.rejected_per_s",
     "ingress.accepted_cpu_us",
+    "ingress.accepted_nats_cpu_us",
     "ingress.bare_cpu_us",
 )
-ACCEPTED = 15_000
-BARE = 15_000
+ROUNDS = 3
+PER_ROUND = 5_000
 REJECTED = 10_000
 WARM_UP = 1_000
 CONNECTIONS = 64
 WORKSPACE = "bench"
 BODY = b'{"type": "invoice.paid", "data": {"invoice": "in_123", "amount": 4200, "currency": "eur"}}'
+BARE_ANSWER = b'{"event_id":"msg_00000000000000000","status":"accepted"}'
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def bare_app():
-    from starlette.applications import Starlette
-    from starlette.responses import Response
-    from starlette.routing import Route
+class BareApp:
+    """Reads the body and answers 202 with a body shaped like the ingress's: the floor any handler stands on."""
 
-    accepted = b'{"event_id": "evt_0", "status": "accepted"}'
-
-    async def hook(request):
-        await request.body()
-        return Response(accepted, 202, media_type="application/json")
-
-    return Starlette(routes=[Route("/hooks/{webhook_id}", hook, methods=["POST"])])
-
-
-def serve_bare(port: int) -> None:
-    """The bare handler, on the uvicorn settings the ingress uses (kairos.ingress.app.start_http)."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        bare_app(),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-        loop=os.environ.get("BENCH_LOOP", "auto"),
-    )
-    uvicorn.Server(config).run()
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BARE_ANSWER)).encode())]
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        await send({"type": "http.response.body", "body": BARE_ANSWER})
 
 
-def request_bytes(port: int, path: str, headers: dict[str, str], body: bytes) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}"]
+async def serve_bare(port: int) -> None:
+    """The bare app on the very HTTP server set-up of the ingress (kairos.ingress.app.start_http), until SIGTERM."""
+    from kairos.ingress.app import start_http
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with AsyncExitStack() as stack:
+        await start_http(stack, BareApp(), "127.0.0.1", port)
+        await stop.wait()
+
+
+def request_bytes(path: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def signed_requests(port: int, webhook_id: str, key: bytes, count: int, *, forged: bool = False) -> list[bytes]:
+def signed_requests(webhook_id: str, key: bytes, count: int, *, forged: bool = False) -> list[bytes]:
     timestamp = str(int(time.time()))
     requests = []
     for index in range(count):
@@ -104,7 +107,7 @@ def signed_requests(port: int, webhook_id: str, key: bytes, count: int, *, forge
             "webhook-timestamp": timestamp,
             "webhook-signature": "v1," + base64.b64encode(mac).decode(),
         }
-        requests.append(request_bytes(port, f"/hooks/{webhook_id}", headers, BODY))
+        requests.append(request_bytes(f"/hooks/{webhook_id}", headers, BODY))
     return requests
 
 
@@ -210,58 +213,83 @@ def percentile(values: list[float], fraction: float) -> float:
     return statistics.quantiles(values, n=1000)[round(fraction * 1000) - 1]
 
 
+@dataclass
+class Totals:
+    """One server's figures summed over the rounds; `cpu` holds the CPU seconds of each watched process."""
+
+    elapsed: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    async def drive(self, port: int, requests: list[bytes], watched: dict[str, int]) -> None:
+        """Drives `requests` (each answered 202) at `port`, adding the CPU time of the `watched` processes."""
+        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        rate, latencies = await drive(port, requests, 202)
+        self.elapsed += len(requests) / rate
+        self.latencies.extend(latencies)
+        for name, pid in watched.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
+
+
 async def run(report) -> None:
     secret_key = secrets.token_urlsafe(40)
     with tempfile.TemporaryDirectory() as scratch:
         async with EmbeddedNatsServer(Path(scratch) / "nats") as nats_server:
             webhook_id, key = await seed(nats_server.url, secret_key)
             ingress_port, bare_port = free_port(), free_port()
-            env = os.environ | {
+            env = {
                 "KAIROS_NATS_URL": nats_server.url,
                 "KAIROS_HTTP_PORT": str(ingress_port),
-                "KAIROS_GRPC_PORT": str(free_port()),
                 "KAIROS_SECRET_KEY": secret_key,
                 "KAIROS_LOG_LEVEL": "warning",
             }
-            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT}
-            ingress = await asyncio.create_subprocess_exec(sys.executable, "-m", "kairos.ingress", env=env, **quiet)
-            bare = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.benchmarks.bench_ingress", "bare", str(bare_port), **quiet
-            )
-            try:
-                await wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress)
-                await wait_http(f"http://127.0.0.1:{bare_port}/hooks/x", bare, "POST")
-                warm_up = signed_requests(ingress_port, webhook_id, key, WARM_UP)
-                await drive(ingress_port, warm_up, 202)
-                await drive(bare_port, [request_bytes(bare_port, "/hooks/x", {}, BODY)] * WARM_UP, 202)
+            async with ServiceProcesses(Path(scratch) / "logs", env) as processes:
+                ingress = await processes.launch("ingress")
+                bare = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "tests.benchmarks.bench_ingress",
+                    "bare",
+                    str(bare_port),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=ROOT,
+                )
+                try:
+                    await wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress.process)
+                    await wait_http(f"http://127.0.0.1:{bare_port}/hooks/x", bare, "POST")
+                    warm_up = signed_requests(webhook_id, key, WARM_UP)
+                    await drive(ingress_port, warm_up, 202)
+                    await drive(bare_port, warm_up, 202)
 
-                accepted_requests = signed_requests(ingress_port, webhook_id, key, ACCEPTED)
-                cpu_before = cpu_seconds(ingress.pid)
-                accepted_rate, latencies = await drive(ingress_port, accepted_requests, 202)
-                accepted_cpu = (cpu_seconds(ingress.pid) - cpu_before) / ACCEPTED
-                cpu_before = cpu_seconds(bare.pid)
-                bare_rate, _ = await drive(bare_port, [request_bytes(bare_port, "/hooks/x", {}, BODY)] * BARE, 202)
-                bare_cpu = (cpu_seconds(bare.pid) - cpu_before) / BARE
-                forged = signed_requests(ingress_port, webhook_id, key, REJECTED, forged=True)
-                rejected_rate, _ = await drive(ingress_port, forged, 401)
-            finally:
-                for process in (ingress, bare):
-                    process.terminate()
-                for process in (ingress, bare):
+                    accepted, bare_totals = Totals(), Totals()
+                    for _ in range(ROUNDS):
+                        requests = signed_requests(webhook_id, key, PER_ROUND)
+                        await accepted.drive(
+                            ingress_port, requests, {"ingress": ingress.process.pid, "nats": nats_server.pid}
+                        )
+                        await bare_totals.drive(bare_port, requests, {"bare": bare.pid})
+                    forged = signed_requests(webhook_id, key, REJECTED, forged=True)
+                    rejected_rate, _ = await drive(ingress_port, forged, 401)
+                finally:
+                    bare.terminate()
                     try:
-                        await asyncio.wait_for(process.wait(), 15)
+                        await asyncio.wait_for(bare.wait(), 15)
                     except TimeoutError:
-                        process.kill()
-                        await process.wait()
+                        bare.kill()
+                        await bare.wait()
+            total = ROUNDS * PER_ROUND
+            accepted_rate, bare_rate = total / accepted.elapsed, total / bare_totals.elapsed
             report("ingress.accepted_per_s", accepted_rate, "req/s")
-            report("ingress.accepted_p50_ms", percentile(latencies, 0.5) * 1000, "ms")
-            report("ingress.accepted_p99_ms", percentile(latencies, 0.99) * 1000, "ms")
+            report("ingress.accepted_p50_ms", percentile(accepted.latencies, 0.5) * 1000, "ms")
+            report("ingress.accepted_p99_ms", percentile(accepted.latencies, 0.99) * 1000, "ms")
             report("ingress.bare_per_s", bare_rate, "req/s")
             report("ingress.accepted_per_s.vs.bare", accepted_rate / bare_rate, "x")
             report("ingress.rejected_per_s", rejected_rate, "req/s")
-            report("ingress.accepted_cpu_us", accepted_cpu * 1e6, "us/req")
-            report("ingress.bare_cpu_us", bare_cpu * 1e6, "us/req")
+            report("ingress.accepted_cpu_us", accepted.cpu["ingress"] / total * 1e6, "us/req")
+            report("ingress.accepted_nats_cpu_us", accepted.cpu["nats"] / total * 1e6, "us/req")
+            report("ingress.bare_cpu_us", bare_totals.cpu["bare"] / total * 1e6, "us/req")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["bare"]:
-    serve_bare(int(sys.argv[2]))
+    uvloop.run(serve_bare(int(sys.argv[2])))

@@ -263,4 +263,10 @@ async def test_shared_secret_mode_and_health(suite) -> None:
         assert health.status_code == 200 and health.json() == {"status": "ok"}
         ready = await http.get(f"{base}/readyz")
         assert ready.status_code == 200 and ready.json() == {"status": "ready"}
-        assert (await http.get(url)).status_code == 405
+        wrong_method = await http.get(url)
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+        assert wrong_method.json()["error"] == "method_not_allowed"
+        assert (await http.post(f"{base}/healthz")).headers["allow"] == "GET, HEAD"
+        for path in ("/hooks/", "/hooks", "/nowhere", f"/hooks/{webhook.name.rsplit('/', 1)[1]}/extra"):
+            unknown = await http.post(f"{base}{path}", json=body, headers={"X-Trigger-Secret": secret})
+            assert unknown.status_code == 404 and unknown.json()["error"] == "not_found", (path, unknown.text)

@@ -388,3 +388,21 @@ async def test_signing_secret_from_the_registry_end_to_end(suite) -> None:
         subject = messaging.fire_subject("signed", trigger.name.rsplit("/", 1)[1])
         stream = await suite.runtime.js.stream_info(messaging.FIRES_STREAM, subjects_filter=subject)
         assert stream.state.subjects == {subject: 2}
+
+
+async def test_a_corrupt_record_is_a_json_500(ingress: Ingress) -> None:
+    """A webhook whose record names no valid trigger (never written by the registry) answers a JSON 500 and the
+    server keeps serving."""
+    webhook_id = new_id("wh")
+    record = feed_pb2.WebhookRecord(
+        webhook=webhook_pb2.Webhook(
+            name=f"workspaces/broken/webhooks/{webhook_id}",
+            trigger="not a trigger name",
+            auth_mode=Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER,
+        ),
+        revision=1,
+    )
+    await ingress.runtime.buckets.webhooks.put(webhook_id, record.SerializeToString())
+    response = await ingress.http.post(f"{ingress.base}/hooks/{webhook_id}", json={}, headers={"X-Trigger-Secret": "x"})
+    refused(response, 500, "internal")
+    assert (await ingress.http.get(f"{ingress.base}/healthz")).status_code == 200

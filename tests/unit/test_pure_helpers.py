@@ -12,10 +12,47 @@ from google.protobuf import json_format
 
 from kairos.executor.worker import envelope, run_input
 from kairos.ingress.endpoint import event_type_of, lookup_path, mapped_fields
+from kairos.ingress.events import condition_holds
 from kairos.scheduler.engine import DEFAULT_CATCHUP_MAX_FIRES, catchup_fires, fire_id
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
 
 TRIGGER = "workspaces/acme/triggers/t_01"
+
+# ---------------------------------------------------------------- ingress: event filters
+
+
+def _condition(path: str, **test) -> trigger_pb2.FieldCondition:
+    condition = trigger_pb2.FieldCondition(path=path)
+    if "equals" in test:
+        json_format.ParseDict(test["equals"], condition.equals)
+    elif "one_of" in test:
+        json_format.ParseDict(test["one_of"], getattr(condition, "in"))
+    else:
+        condition.exists = test["exists"]
+    return condition
+
+
+@pytest.mark.parametrize(
+    ("condition", "holds"),
+    [
+        (_condition("thread.channel", equals="sales"), True),
+        (_condition("thread.channel", equals="support"), False),
+        (_condition("thread.size", equals=3), True),
+        (_condition("thread.missing", equals=None), False),
+        (_condition("thread.channel", one_of=["support", "sales"]), True),
+        (_condition("thread.channel", one_of=["support"]), False),
+        (_condition("thread.size", one_of=[1, 3]), True),
+        (_condition("thread.missing", one_of=["sales"]), False),
+        (_condition("thread.channel", exists=True), True),
+        (_condition("thread.missing", exists=True), False),
+        (_condition("thread.missing", exists=False), True),
+        (_condition("thread.channel", exists=False), False),
+        (_condition("thread.channel.deeper", exists=True), False),
+    ],
+)
+def test_event_filter_conditions(condition: trigger_pb2.FieldCondition, holds: bool) -> None:
+    assert condition_holds(condition, {"thread": {"channel": "sales", "size": 3}}) is holds
+
 
 # ---------------------------------------------------------------- ingress: event type
 
