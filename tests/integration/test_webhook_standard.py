@@ -237,9 +237,11 @@ async def test_standard_webhooks_signatures(ingress: Ingress) -> None:
         await ingress.runtime.extras["ingress.webhooks"].wait_until(
             webhook_id, lambda value: value is not None and len(value.credentials) == 1 and value == rotated
         )
-        headers = signed(secret, body, "msg_3")
+        # both signatures over the same timestamp (a second may tick between the two requests)
+        now = int(time.time())
+        headers = signed(secret, body, "msg_3", now)
         refused(await ingress.http.post(url, content=body, headers=headers), 401, "invalid_signature")
-        both = f"{headers['webhook-signature']} {signed(new_secret, body, 'msg_3')['webhook-signature']}"
+        both = f"{headers['webhook-signature']} {signed(new_secret, body, 'msg_3', now)['webhook-signature']}"
         accepted = await ingress.http.post(url, content=body, headers=headers | {"webhook-signature": both})
         assert accepted.status_code == 202, accepted.text
         await fires.wait_for(f"{record.webhook.name}@msg_3")
