@@ -74,6 +74,9 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     leases = ShardLeases(state, engine, lambda: engine_status(engine))
     await leases.start()
     stack.push_async_callback(leases.stop)
+    # Shut-down runs in reverse: the engine drains (fires in flight acknowledged, progress saved) while the
+    # leases are still held, then the leases are released, then the engine stops.
+    stack.push_async_callback(engine.drain)
 
     scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(
         SchedulerServicer(state, leases), runtime.grpc.server

@@ -186,9 +186,12 @@ class SchedulerEngine:
             spawn(self._write_progress(), "scheduler-progress"),
         ]
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stops timing fires, lets the fires in flight get their ack (up to `grace` s), saves progress."""
-        log.info("scheduler engine stopping", in_flight=len(self._pending), unsaved=len(self._dirty))
+    async def drain(self, grace: float = 5.0) -> None:
+        """Stops timing fires, lets the fires in flight get their ack (up to `grace` s) and saves progress; called
+        while this replica still holds its shards, so the acks that arrive meanwhile are saved too."""
+        if self._stopping.is_set():
+            return
+        log.info("scheduler engine draining", in_flight=len(self._pending), unsaved=len(self._dirty))
         self._stopping.set()
         self._wakeup.set()
         for task in self._tasks:
@@ -198,6 +201,11 @@ class SchedulerEngine:
                 await task
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=grace)
+        await self._flush_progress()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drains if not done yet, saves what changed since (shards released meanwhile), closes the publisher."""
+        await self.drain(grace)
         await self._flush_progress()
         await self._publisher.close()
         log.info("scheduler engine stopped")

@@ -237,6 +237,8 @@ class JetStreamPublisher:
             # The connection may already be closed; there is nothing left to undo then.
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
+        for retry in list(self._retries):
+            retry.cancel()
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             self._finish(entry, error=PublisherClosedError(entry.subject, "the publisher was closed"))
