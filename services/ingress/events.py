@@ -25,7 +25,7 @@ from kairos.core.auth import workspace_for
 from kairos.core.errors import invalid_argument, unavailable
 from kairos.core.feed import KvMirror
 from kairos.core.names import new_id
-from kairos.core.tasks import spawn
+from kairos.core.tasks import cancel_and_wait, spawn
 from kairos.ingress.endpoint import TRIGGER_ACTIVE, lookup_path
 from kairos.v1 import event_service_pb2, event_service_pb2_grpc, fire_pb2, run_pb2, trigger_pb2
 
@@ -161,10 +161,7 @@ class EventConsumer:
         self._task = spawn(self._consume(subscription), "ingress-events")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._subscription is not None:
             # Unsubscribed here, so draining the connection does not wait on an interrupted fetch.
             with contextlib.suppress(Exception):

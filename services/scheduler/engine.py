@@ -34,7 +34,7 @@ from kairos.core.errors import KairosError
 from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import parse_trigger
 from kairos.core.schedule import Schedule, compile_schedule
-from kairos.core.tasks import spawn
+from kairos.core.tasks import cancel_and_wait, spawn
 from kairos.scheduler.state import (
     NUM_SHARDS,
     ProgressEntry,
@@ -194,11 +194,7 @@ class SchedulerEngine:
         log.info("scheduler engine draining", in_flight=len(self._pending), unsaved=len(self._dirty))
         self._stopping.set()
         self._wakeup.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=grace)
         await self._flush_progress()

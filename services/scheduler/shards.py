@@ -33,7 +33,7 @@ from typing import Any
 import nats.js.errors
 import structlog
 
-from kairos.core.tasks import spawn
+from kairos.core.tasks import cancel_and_wait, spawn
 from kairos.scheduler.engine import NUM_SHARDS, SchedulerEngine
 from kairos.scheduler.state import LEASE_PREFIX, REPLICA_PREFIX, SchedulerState, iso
 
@@ -84,10 +84,7 @@ class ShardLeases:
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         others = set(self._state.live_replicas(self._ttl)) - {self.replica_id}
         reason = "rebalance" if others else "stop"
         log.info("releasing shard leases", shards=len(self._held), reason=reason)

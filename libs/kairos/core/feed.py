@@ -18,7 +18,7 @@ import structlog
 from google.protobuf.message import Message
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from kairos.core.tasks import spawn
+from kairos.core.tasks import cancel_and_wait, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -78,10 +78,7 @@ class KvMirror(Generic[M]):
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _apply(self, key: str, value: M | None) -> None:
         if value is None:

@@ -20,3 +20,11 @@ def spawn(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
     task = asyncio.create_task(coroutine, name=name)
     task.add_done_callback(_report)
     return task
+
+
+async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
+    """Cancels the tasks (None is skipped) and waits until each has ended; their exceptions are not raised."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
