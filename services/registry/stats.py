@@ -226,6 +226,7 @@ class TriggerStatsConsumer:
     async def _prune(self) -> None:
         try:
             info = await self._js.consumer_info(messaging.TRACE_STREAM, DURABLE)
-            await self._transactions.run(functools.partial(_prune, ack_floor=info.ack_floor.stream_seq))
+            if info.ack_floor is not None and info.ack_floor.stream_seq > 0:
+                await self._transactions.run(functools.partial(_prune, ack_floor=info.ack_floor.stream_seq))
         except (nats.errors.Error, SQLAlchemyError) as error:
             log.warning("pruning counted trace events failed", error=str(error))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js import JetStreamContext
-from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -38,18 +38,12 @@ DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS = 10_000
 UPDATABLE_PATHS = ("display_name", "description", "source", "action", "policies", "labels")
 State = trigger_pb2.TriggerState
 Kind = trigger_pb2.SourceKind
-# FOR UPDATE on the workspace row serialises a workspace's creates on PostgreSQL, so two of them cannot both count
-# the last free slot; SQLite has no row locks and needs none: it runs one writer at a time.
-WORKSPACE_QUOTA = (
-    select(
-        WorkspaceRow.max_schedule_triggers,
-        WorkspaceRow.max_webhook_event_triggers,
-        WorkspaceRow.schedule_trigger_count,
-        WorkspaceRow.webhook_event_trigger_count,
-    )
-    .where(WorkspaceRow.id == bindparam("workspace_id"))
-    .with_for_update()
-)
+WORKSPACE_QUOTA = select(
+    WorkspaceRow.max_schedule_triggers,
+    WorkspaceRow.max_webhook_event_triggers,
+    WorkspaceRow.schedule_trigger_count,
+    WorkspaceRow.webhook_event_trigger_count,
+).where(WorkspaceRow.id == bindparam("workspace_id"))
 INSERT_TRIGGER = insert(TriggerRow.__table__)
 INSERT_OUTBOX = insert(OutboxRow.__table__)
 SOURCE_KINDS = {
@@ -145,6 +139,8 @@ class TriggerRegistry:
     def _take_quota(session: Session, workspace_id: str, kind: int) -> None:
         """Counts one more trigger of `kind` on the workspace, or RESOURCE_EXHAUSTED when its quota is full."""
         connection = session.connection()
+        if connection.execute(TAKE_SLOT[kind], {"workspace_id": workspace_id}).rowcount == 1:
+            return
         workspace = connection.execute(WORKSPACE_QUOTA, {"workspace_id": workspace_id}).first()
         if workspace is None:
             raise not_found(f"workspaces/{workspace_id}")
@@ -154,14 +150,12 @@ class TriggerRegistry:
         else:
             count, limit = workspace.webhook_event_trigger_count, workspace.max_webhook_event_triggers
             limit, label = limit or DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS, "webhook_event"
-        if count >= limit:
-            raise KairosError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "TRIGGER_LIMIT_EXCEEDED",
-                f"workspace {workspace_id} has {count} {label} triggers, its limit is {limit}",
-                metadata={"kind": label, "count": str(count), "limit": str(limit)},
-            )
-        _count_change(session, workspace_id, kind, +1)
+        raise KairosError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "TRIGGER_LIMIT_EXCEEDED",
+            f"workspace {workspace_id} has {count} {label} triggers, its limit is {limit}",
+            metadata={"kind": label, "count": str(count), "limit": str(limit)},
+        )
 
     def _store(self, session: AsyncSession | Session, row: TriggerRow, trigger: trigger_pb2.Trigger) -> None:
         row.body = trigger.SerializeToString()
@@ -414,20 +408,34 @@ class TriggerRegistry:
         return _take(heapq.merge(*streams, key=lambda item: item[0]), count)
 
 
-def _count_update(column: str):
-    table = WorkspaceRow.__table__
-    return (
-        update(table)
-        .where(table.c.id == bindparam("workspace_id"))
-        .values({column: table.c[column] + bindparam("change")})
-    )
-
-
-COUNT_UPDATES = {
-    Kind.SOURCE_KIND_SCHEDULE: _count_update("schedule_trigger_count"),
-    Kind.SOURCE_KIND_WEBHOOK: _count_update("webhook_event_trigger_count"),
-    Kind.SOURCE_KIND_EVENT: _count_update("webhook_event_trigger_count"),
+QUOTA_COLUMNS = {
+    Kind.SOURCE_KIND_SCHEDULE: ("schedule_trigger_count", "max_schedule_triggers", DEFAULT_MAX_SCHEDULE_TRIGGERS),
+    Kind.SOURCE_KIND_WEBHOOK: (
+        "webhook_event_trigger_count",
+        "max_webhook_event_triggers",
+        DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS,
+    ),
 }
+QUOTA_COLUMNS[Kind.SOURCE_KIND_EVENT] = QUOTA_COLUMNS[Kind.SOURCE_KIND_WEBHOOK]
+
+
+def _count_update(kind: int, *, below_limit: bool):
+    """UPDATE of the workspace's count for `kind`'s quota by :change; with `below_limit`, by one and only while the
+    count is below the limit (0 means the default). One conditional UPDATE takes the slot atomically: on PostgreSQL
+    a concurrent create waits for the row and re-checks the condition, so two never both take the last slot; SQLite
+    runs one writer at a time."""
+    table = WorkspaceRow.__table__
+    count_column, limit_column, default = QUOTA_COLUMNS[kind]
+    count = table.c[count_column]
+    statement = update(table).where(table.c.id == bindparam("workspace_id"))
+    if below_limit:
+        limit = func.coalesce(func.nullif(table.c[limit_column], 0), default)
+        return statement.where(count < limit).values({count_column: count + 1})
+    return statement.values({count_column: count + bindparam("change")})
+
+
+TAKE_SLOT = {kind: _count_update(kind, below_limit=True) for kind in QUOTA_COLUMNS}
+COUNT_UPDATES = {kind: _count_update(kind, below_limit=False) for kind in QUOTA_COLUMNS}
 
 
 def _count_change(session: Session, workspace_id: str, kind: int, change: int) -> None:

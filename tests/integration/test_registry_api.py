@@ -848,6 +848,29 @@ async def test_manual_fire_runs_with_merged_input(suite) -> None:
         )
 
 
+async def test_a_draft_has_no_next_fire_until_activated(suite) -> None:
+    key = await suite.new_workspace("drafts")
+    async with suite.client(key) as kairos:
+        draft_config = schedule_trigger(cron="*/5 * * * *")
+        draft_config.state = State.TRIGGER_STATE_DRAFT
+        draft = await create_trigger(kairos, draft_config)
+        assert draft.state == State.TRIGGER_STATE_DRAFT and not draft.info.HasField("next_fire_time")
+        assert not (await get_trigger(kairos, draft.name)).info.HasField("next_fire_time")
+        workspace_upcoming = await kairos.triggers.ListUpcomingRuns(
+            trigger_service_pb2.ListUpcomingRunsRequest(parent="workspaces/drafts", page_size=5)
+        )
+        assert list(workspace_upcoming.upcoming_runs) == []
+
+        activated = (
+            await kairos.triggers.ResumeTrigger(trigger_service_pb2.ResumeTriggerRequest(name=draft.name))
+        ).trigger
+        assert activated.state == State.TRIGGER_STATE_ACTIVE and activated.info.HasField("next_fire_time")
+        workspace_upcoming = await kairos.triggers.ListUpcomingRuns(
+            trigger_service_pb2.ListUpcomingRunsRequest(parent="workspaces/drafts", page_size=5)
+        )
+        assert [run.trigger for run in workspace_upcoming.upcoming_runs] == [draft.name] * 5
+
+
 async def test_upcoming_runs_and_schedule_preview(suite) -> None:
     key = await suite.new_workspace("planner")
     async with suite.client(key) as kairos:
