@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from kairos.core.tasks import spawn
+from kairos.core.tasks import cancel_and_wait, spawn
 from kairos.registry.models import OutboxRow
 from kairos.registry.transactions import Transactions
 
@@ -120,10 +120,7 @@ class OutboxRelay:
         """Ends the relay loop; rows it has not published stay in the outbox for the next start."""
         self._stopping.set()
         self._wakeup.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from kairos.core import messaging
-from kairos.core.tasks import spawn
+from kairos.core.tasks import cancel_and_wait, spawn
 from kairos.registry.models import AppliedTraceEventRow, TriggerRow, TriggerStatsRow
 from kairos.registry.transactions import Transactions
 from kairos.v1 import run_pb2
@@ -169,10 +169,7 @@ class TriggerStatsConsumer:
     async def stop(self) -> None:
         """Stops fetching; a batch not yet committed is left unacked and redelivered to the next consumer."""
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
