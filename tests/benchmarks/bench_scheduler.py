@@ -33,10 +33,10 @@ FIGURES = (
     "scheduler.lag_p50_ms",
     "scheduler.lag_p99_ms",
     "scheduler.burst_100k_acked_s",
-    "apscheduler.ready_100k_s",
-    "apscheduler.rss_mb",
-    "apscheduler.lag_p50_ms",
-    "apscheduler.lag_p99_ms",
+    "scheduler.apscheduler.ready_100k_s",
+    "scheduler.apscheduler.rss_mb",
+    "scheduler.apscheduler.lag_p50_ms",
+    "scheduler.apscheduler.lag_p99_ms",
     "scheduler.ready_100k_s.vs.apscheduler",
     "scheduler.rss_mb.vs.apscheduler",
     "scheduler.lag_p50_ms.vs.apscheduler",
@@ -317,10 +317,10 @@ def _apscheduler_process() -> None:
         await asyncio.wait_for(done.wait(), 120)
         scheduler.shutdown(wait=False)
         return {
-            "apscheduler.ready_100k_s": ready,
-            "apscheduler.rss_mb": rss,
-            "apscheduler.lag_p50_ms": percentile(lags, 0.5),
-            "apscheduler.lag_p99_ms": percentile(lags, 0.99),
+            "scheduler.apscheduler.ready_100k_s": ready,
+            "scheduler.apscheduler.rss_mb": rss,
+            "scheduler.apscheduler.lag_p50_ms": percentile(lags, 0.5),
+            "scheduler.apscheduler.lag_p99_ms": percentile(lags, 0.99),
         }
 
     print(json.dumps(asyncio.run(main())), flush=True)
@@ -352,7 +352,7 @@ async def run(report) -> None:
     for name, value in peer.items():
         report(name, value, "MB" if name.endswith("_mb") else "ms" if name.endswith("_ms") else "s")
     for figure in ("ready_100k_s", "rss_mb", "lag_p50_ms", "lag_p99_ms"):
-        ours, theirs = kairos[f"scheduler.{figure}"], peer[f"apscheduler.{figure}"]
+        ours, theirs = kairos[f"scheduler.{figure}"], peer[f"scheduler.apscheduler.{figure}"]
         report(f"scheduler.{figure}.vs.apscheduler", theirs / ours if ours else math.inf, "x")
 
 
