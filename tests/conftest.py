@@ -4,6 +4,7 @@ NATS:
     `nats_server` -- one real nats-server (JetStream, file storage in a temp dir) for the whole test
                      session, started on a free port; stopped when the session ends.
     `nats_url`    -- its `nats://127.0.0.1:<port>` URL.
+    `nc`          -- a client connection to it, closed after the test.
 
 The session server is shared: tests must not kill or restart it and should use names (streams, subjects,
 buckets) that tolerate other tests' data. A test that needs an isolated or killable server constructs
@@ -28,8 +29,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from nats.aio.client import Client
 from sqlalchemy.engine import make_url
 
+from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.devtools.suite import Suite, running_suite
 
@@ -49,6 +52,16 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 def nats_url(nats_server: EmbeddedNatsServer) -> str:
     """URL of the session nats-server."""
     return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A connection to the session nats-server, named after the test."""
+    client = await messaging.connect(nats_url, request.node.name)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 # ---------------------------------------------------------------- databases

@@ -27,15 +27,6 @@ WAIT_S = 10.0
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    client = await messaging.connect(nats_url, "test-jetstream-publisher")
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
 async def stream(nc: Client) -> AsyncIterator[tuple[str, str]]:
     """A fresh stream capturing `<prefix>.>`: yields (stream name, subject prefix)."""
     token = uuid.uuid4().hex[:12]

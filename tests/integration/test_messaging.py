@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,15 +34,6 @@ from kairos.core.natsserver import EmbeddedNatsServer, NatsServerError, free_por
 ALL_STREAMS = (FIRES_STREAM, EVENTS_STREAM, TRACE_STREAM, DEAD_LETTERS_STREAM)
 KV_STREAMS = tuple(f"KV_{bucket}" for bucket in ALL_BUCKETS)
 WAIT_S = 10.0
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    client = await messaging.connect(nats_url, "test-messaging")
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def _unique(prefix: str) -> str:
