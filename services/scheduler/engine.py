@@ -504,6 +504,9 @@ class SchedulerEngine:
                 self._keep_unsaved(shard, triggers)
                 continue
             writes.append((shard, triggers, future))
+            # Encoding and sending a shard's document takes ~0.3 ms per 1,600 triggers: give due fires their turn
+            # between shards instead of holding the loop for all 64 at once.
+            await asyncio.sleep(0)
         if not writes:
             return
         await asyncio.wait([future for _, _, future in writes])
