@@ -29,10 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from kairos.core import messaging
-from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
 from kairos.executor.models import CallbackStopRow
-from kairos.executor.runs import insert_new
+from kairos.executor.runs import insert_new, parsed_trigger
 from kairos.v1 import run_pb2
 
 log = structlog.get_logger(__name__)
@@ -150,7 +149,7 @@ class Callbacks:
 
     async def enqueue(self, url: str, event: run_pb2.TraceEvent) -> None:
         """Stores the callback durably (returns once JetStream has it)."""
-        trigger = parse_trigger(event.trigger, "trigger")
+        trigger = parsed_trigger(event.trigger)
         await self._js.publish(
             f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
             event.SerializeToString(),
@@ -182,7 +181,7 @@ class Callbacks:
         url = (message.headers or {}).get(NOTIFY_URL_HEADER, "")
         try:
             event = run_pb2.TraceEvent.FromString(message.data)
-            trigger = parse_trigger(event.trigger, "trigger")
+            trigger = parsed_trigger(event.trigger)
         except Exception:
             log.error("discarding a callback that is not a valid TraceEvent", subject=message.subject)
             await message.term()
@@ -236,4 +235,4 @@ class Callbacks:
         workspace, trigger, url = stop_key
         row = {"workspace_id": workspace, "trigger_id": trigger, "url": url, "stopped_at": datetime.now(UTC)}
         async with self._sessions() as session, session.begin():
-            await insert_new(session, CallbackStopRow, [row], ["workspace_id", "trigger_id", "url"])
+            await session.run_sync(insert_new, CallbackStopRow, [row], ["workspace_id", "trigger_id", "url"])
