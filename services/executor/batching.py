@@ -50,14 +50,18 @@ def _one_by_one(session: Session, operations: list[Operation]) -> list[Any]:
     return [operation(session) for operation in operations]
 
 
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+_SQLITE_WRITE_LOCK = text("UPDATE runs SET status = status WHERE 1 = 0")
+
+
 def take_locks(session: Session, keys: list[str]) -> None:
     """Serialises admissions on `keys` across replicas until the transaction ends."""
     if session.bind.dialect.name == "postgresql":
         for key in sorted(set(keys)):
-            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+            session.execute(_ADVISORY_LOCK, {"key": key})
     elif keys:
         # Any write statement takes SQLite's (database-wide) write lock for the rest of the transaction.
-        session.execute(text("UPDATE runs SET status = status WHERE 1 = 0"))
+        session.execute(_SQLITE_WRITE_LOCK)
 
 
 def _write(session: Session, batch: list[_Pending]) -> dict[int, Any]:

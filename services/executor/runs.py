@@ -73,6 +73,33 @@ class Admission:
     events: list[run_pb2.TraceEvent] = field(default_factory=list)
 
 
+# The hot statements, built once: building a statement and its cache key cost more than running it on SQLite.
+_RUNS = RunRow.__table__
+_KNOWN_FIRES = select(RunRow.fire_id).where(RunRow.fire_id.in_(bindparam("fire_ids", expanding=True)))
+_RUNNING_BY_WORKSPACE = (
+    select(RunRow.workspace_id, func.count())
+    .where(RunRow.workspace_id.in_(bindparam("workspaces", expanding=True)), RunRow.status == Status.RUN_STATUS_RUNNING)
+    .group_by(RunRow.workspace_id)
+)
+_INSERT_RUN = insert(_RUNS)
+_READ_RUNS = select(_RUNS).where(_RUNS.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_FINISH_RUN = (
+    update(_RUNS)
+    .where(
+        _RUNS.c.id == bindparam("run_id"),
+        _RUNS.c.lease_token == bindparam("token"),
+        or_(*(_RUNS.c.status == status for status in ACTIVE)),
+    )
+    .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS})
+)
+_RENEW_LEASE = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.lease_token == bindparam("token"))
+    .values(lease_expires_at=bindparam("expires"))
+)
+_INSERT_NEW: dict[tuple, Any] = {}
+
+
 @lru_cache(maxsize=65_536)
 def parsed_trigger(name: str) -> TriggerName:
     """parse_trigger for the `trigger` field of fires and events, cached: every fire and every one of its
@@ -109,8 +136,13 @@ def _store_events(session: Session, events: list[run_pb2.TraceEvent]) -> None:
 
 def insert_new(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """Inserts `rows`, leaving out those whose `keys` are already stored."""
-    insert_into = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert_into(model.__table__).on_conflict_do_nothing(index_elements=keys), rows)
+    dialect = session.bind.dialect.name
+    statement = _INSERT_NEW.get((dialect, model, tuple(keys)))
+    if statement is None:
+        insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert_into(model.__table__).on_conflict_do_nothing(index_elements=keys)
+        _INSERT_NEW[(dialect, model, tuple(keys))] = statement
+    session.execute(statement, rows)
 
 
 def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
@@ -281,7 +313,7 @@ class RunStore:
         ]
         if simple:
             fire_ids = [requests[index].fire.fire_id for index in simple]
-            known = set(session.scalars(select(RunRow.fire_id).where(RunRow.fire_id.in_(fire_ids))).all())
+            known = set(session.scalars(_KNOWN_FIRES, {"fire_ids": fire_ids}).all())
             fresh = [index for index in simple if requests[index].fire.fire_id not in known]
             now = datetime.now(UTC)
             rows = {
@@ -289,15 +321,7 @@ class RunStore:
                 for index in fresh
             }
             workspaces = {row.workspace_id for row in rows.values()}
-            running = dict(
-                (
-                    session.execute(
-                        select(RunRow.workspace_id, func.count())
-                        .where(RunRow.workspace_id.in_(workspaces), RunRow.status == Status.RUN_STATUS_RUNNING)
-                        .group_by(RunRow.workspace_id)
-                    )
-                ).all()
-            )
+            running = dict(session.execute(_RUNNING_BY_WORKSPACE, {"workspaces": list(workspaces)}).all())
             for index, row in rows.items():
                 count = running.get(row.workspace_id, 0)
                 if count >= requests[index].workspace_limit:
@@ -310,7 +334,7 @@ class RunStore:
                 _take_lease(row, now, self._lease)
                 results[index] = Admission("run", row)
             if rows:
-                session.execute(insert(RunRow.__table__), [vars(row) for row in rows.values()])
+                session.execute(_INSERT_RUN, [vars(row) for row in rows.values()])
         for index, request in enumerate(requests):
             if index not in results:
                 results[index] = self._admit(session, request)
@@ -462,24 +486,14 @@ class RunStore:
         """Ends a batch of runs with one read and one executemany update; runs that already ended, or whose
         lease another executor took, are returned as stored, unchanged and without events."""
         ids = [request.row.id for request in requests]
-        table = RunRow.__table__
-        stored = {
-            row.id: RunValues(**row._mapping)
-            for row in session.execute(select(table).where(table.c.id.in_(ids)).with_for_update())
-        }
+        stored = {row.id: RunValues(**row._mapping) for row in session.execute(_READ_RUNS, {"ids": ids})}
         for request in requests:
             if request.row.id not in stored:
                 raise not_found(run_name(request.row))
         active = [request for request in requests if _may_finish(stored[request.row.id], request.row)]
         if active:
             result = session.execute(
-                update(table)
-                .where(
-                    table.c.id == bindparam("run_id"),
-                    table.c.lease_token == bindparam("token"),
-                    or_(*(table.c.status == status for status in ACTIVE)),
-                )
-                .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS}),
+                _FINISH_RUN,
                 [
                     {"run_id": request.row.id, "token": request.row.lease_token}
                     | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
@@ -509,13 +523,8 @@ class RunStore:
 
         def operation(session: Session) -> set[str]:
             lost = set()
-            table = RunRow.__table__
             for run_id, token in runs.items():
-                result = session.execute(
-                    update(table)
-                    .where(table.c.id == run_id, table.c.lease_token == token)
-                    .values(lease_expires_at=expires)
-                )
+                result = session.execute(_RENEW_LEASE, {"run_id": run_id, "token": token, "expires": expires})
                 if result.rowcount == 0:
                     lost.add(run_id)
             return lost
