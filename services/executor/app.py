@@ -26,7 +26,9 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     stack.push_async_callback(engine.dispose)
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
     sessions = db.session_factory(engine)
-    store = RunStore(sessions, config.run_retention, float(config.executor_ack_wait_s))
+    store = RunStore(
+        sessions, config.run_retention, float(config.executor_ack_wait_s), db.create_sync_sqlite_engine(engine)
+    )
     stack.push_async_callback(store.stop)
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})

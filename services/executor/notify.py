@@ -3,12 +3,13 @@
 The worker puts each event of a trigger that has a notify_url on the KAIROS_CALLBACKS work-queue stream
 (`Nats-Msg-Id` = the event id, so a repeat within the duplicate window is dropped) before it acknowledges the
 fire, and never waits for the POST itself. A durable consumer shared by the executors delivers them as
-signed JSON; within a process, one URL's callbacks go one at a time in stream order. A 2xx acks; a 410 acks
-and stops every later callback of that trigger to that URL (recorded in `callback_stops`, so the stop
-survives restarts); any other 4xx is dropped with a warning; 5xx, 408, 429, timeouts and network errors are
-nak'ed with an exponential backoff as delay until MAX_DELIVERIES, then dropped with a warning. A callback in
-flight when its executor dies is redelivered after ack_wait to an executor that is alive. Delivery is at
-least once: receivers deduplicate on `webhook-id` (the event id).
+signed JSON (10 s timeout); within a process, one URL's callbacks go one at a time in stream order, and a
+callback waiting for its turn or for its POST gets in-progress acks. A 2xx acks; a 410 acks and stops every
+later callback of that trigger to that URL (recorded in `callback_stops`, so the stop survives restarts); any
+other 4xx is dropped with a warning; 5xx, 408, 429, timeouts and network errors are nak'ed with an exponential
+backoff as delay until MAX_DELIVERIES, then dropped with a warning. A callback in flight when its executor
+dies is redelivered after ack_wait to an executor that is alive. Delivery is at least once: receivers
+deduplicate on `webhook-id` (the event id).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
 import nats.errors
@@ -29,13 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from kairos.core import messaging
-from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
 from kairos.executor.models import CallbackStopRow
-from kairos.executor.runs import insert_new
+from kairos.executor.runs import insert_new, parsed_trigger
 from kairos.v1 import run_pb2
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 CALLBACKS_STREAM = "KAIROS_CALLBACKS"
 CALLBACK_SUBJECT_PREFIX = "kairos.callbacks"
@@ -44,7 +47,7 @@ DURABLE = "kairos-executor-callbacks"
 MAX_DELIVERIES = 6
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 60.0
-MAX_TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0
 CONCURRENCY = 32
 MAX_AGE_S = 7 * 24 * 3600.0
 DUPLICATE_WINDOW_S = 120.0
@@ -108,7 +111,6 @@ class Callbacks:
         self._signer = signer
         self._sessions = sessions
         self._ack_wait_s = ack_wait_s
-        self._timeout_s = min(MAX_TIMEOUT_S, ack_wait_s / 2)
         self._stopped: set[tuple[str, str, str]] = set()
         self._url_locks: dict[str, asyncio.Lock] = {}
         self._url_users: dict[str, int] = {}
@@ -150,7 +152,7 @@ class Callbacks:
 
     async def enqueue(self, url: str, event: run_pb2.TraceEvent) -> None:
         """Stores the callback durably (returns once JetStream has it)."""
-        trigger = parse_trigger(event.trigger, "trigger")
+        trigger = parsed_trigger(event.trigger)
         await self._js.publish(
             f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
             event.SerializeToString(),
@@ -182,7 +184,7 @@ class Callbacks:
         url = (message.headers or {}).get(NOTIFY_URL_HEADER, "")
         try:
             event = run_pb2.TraceEvent.FromString(message.data)
-            trigger = parse_trigger(event.trigger, "trigger")
+            trigger = parsed_trigger(event.trigger)
         except Exception:
             log.error("discarding a callback that is not a valid TraceEvent", subject=message.subject)
             await message.term()
@@ -192,11 +194,14 @@ class Callbacks:
         lock = self._url_locks.setdefault(url, asyncio.Lock())
         self._url_users[url] = self._url_users.get(url, 0) + 1
         try:
-            async with lock:
+            await self._in_progress_while(message, lock.acquire())
+            try:
                 if stop_key in self._stopped or not url:
                     await message.ack()
                     return
                 await self._post(message, url, event, stop_key)
+            finally:
+                lock.release()
         finally:
             self._url_users[url] -= 1
             if self._url_users[url] == 0:
@@ -204,10 +209,9 @@ class Callbacks:
 
     async def _post(self, message: Msg, url: str, event: run_pb2.TraceEvent, stop_key: tuple[str, str, str]) -> None:
         body = event_json(event)
+        post = self._http.post(url, content=body, headers=self._signer.headers(event.id, body), timeout=TIMEOUT_S)
         try:
-            response = await self._http.post(
-                url, content=body, headers=self._signer.headers(event.id, body), timeout=self._timeout_s
-            )
+            response = await self._in_progress_while(message, post)
         except httpx.HTTPError as error:
             status, detail = 0, str(error) or type(error).__name__
         else:
@@ -231,9 +235,21 @@ class Callbacks:
             return
         await message.nak(delay=backoff_s(delivery))
 
+    async def _in_progress_while(self, message: Msg, awaitable: Awaitable[T]) -> T:
+        """Awaits `awaitable`, acking `message` in progress every ack_wait / 3 meanwhile, so only a dead
+        executor lets the callback be redelivered."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while not (await asyncio.wait({task}, timeout=self._ack_wait_s / 3))[0]:
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+            return task.result()
+        finally:
+            task.cancel()
+
     async def _record_stop(self, stop_key: tuple[str, str, str]) -> None:
         self._stopped.add(stop_key)
         workspace, trigger, url = stop_key
         row = {"workspace_id": workspace, "trigger_id": trigger, "url": url, "stopped_at": datetime.now(UTC)}
         async with self._sessions() as session, session.begin():
-            await insert_new(session, CallbackStopRow, [row], ["workspace_id", "trigger_id", "url"])
+            await session.run_sync(insert_new, CallbackStopRow, [row], ["workspace_id", "trigger_id", "url"])

@@ -15,15 +15,19 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from kairos.core.errors import not_found
-from kairos.core.names import RunName, new_id, parse_trigger
+from kairos.core.names import RunName, TriggerName, new_id, parse_trigger
 from kairos.core.paging import decode_instant_token, encode_instant_token, page_size
 from kairos.executor.batching import WriteBatcher
 from kairos.executor.models import RunRow, TraceEventRow
@@ -69,6 +73,40 @@ class Admission:
     events: list[run_pb2.TraceEvent] = field(default_factory=list)
 
 
+# The hot statements, built once: building a statement and its cache key cost more than running it on SQLite.
+_RUNS = RunRow.__table__
+_KNOWN_FIRES = select(RunRow.fire_id).where(RunRow.fire_id.in_(bindparam("fire_ids", expanding=True)))
+_RUNNING_BY_WORKSPACE = (
+    select(RunRow.workspace_id, func.count())
+    .where(RunRow.workspace_id.in_(bindparam("workspaces", expanding=True)), RunRow.status == Status.RUN_STATUS_RUNNING)
+    .group_by(RunRow.workspace_id)
+)
+_INSERT_RUN = insert(_RUNS)
+_READ_RUNS = select(_RUNS).where(_RUNS.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_FINISH_RUN = (
+    update(_RUNS)
+    .where(
+        _RUNS.c.id == bindparam("run_id"),
+        _RUNS.c.lease_token == bindparam("token"),
+        or_(*(_RUNS.c.status == status for status in ACTIVE)),
+    )
+    .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS})
+)
+_RENEW_LEASE = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.lease_token == bindparam("token"))
+    .values(lease_expires_at=bindparam("expires"))
+)
+_INSERT_NEW: dict[tuple, Any] = {}
+
+
+@lru_cache(maxsize=65_536)
+def parsed_trigger(name: str) -> TriggerName:
+    """parse_trigger for the `trigger` field of fires and events, cached: every fire and every one of its
+    events names one of a few triggers, and parsing (regular expressions) was a visible share of a run."""
+    return parse_trigger(name, "trigger")
+
+
 Describe = Callable[[Admission], list[run_pb2.TraceEvent]]
 DescribeRow = Callable[[RunRow], list[run_pb2.TraceEvent]]
 
@@ -89,21 +127,26 @@ class _FinishRequest:
     describe: DescribeRow | None
 
 
-async def _store_events(session: AsyncSession, events: list[run_pb2.TraceEvent]) -> None:
+def _store_events(session: Session, events: list[run_pb2.TraceEvent]) -> None:
     """Inserts lifecycle events; one recorded again (a redelivered fire) keeps its first copy."""
     if not events:
         return
-    await insert_new(session, TraceEventRow, [event_row(event) for event in events], ["id"])
+    insert_new(session, TraceEventRow, [event_row(event) for event in events], ["id"])
 
 
-async def insert_new(session: AsyncSession, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
+def insert_new(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """Inserts `rows`, leaving out those whose `keys` are already stored."""
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    await session.execute(insert(model).on_conflict_do_nothing(index_elements=keys), rows)
+    dialect = session.bind.dialect.name
+    statement = _INSERT_NEW.get((dialect, model, tuple(keys)))
+    if statement is None:
+        insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert_into(model.__table__).on_conflict_do_nothing(index_elements=keys)
+        _INSERT_NEW[(dialect, model, tuple(keys))] = statement
+    session.execute(statement, rows)
 
 
 def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
-    trigger = parse_trigger(event.trigger, "trigger")
+    trigger = parsed_trigger(event.trigger)
     return {
         "id": event.id,
         "fire_id": event.fire_id,
@@ -183,26 +226,38 @@ def value_to_python(value: struct_pb2.Value) -> Any:
     return json_format.MessageToDict(value) if value.WhichOneof("kind") else None
 
 
-def _take_lease(row: RunRow, now: datetime, lease: timedelta) -> None:
+class RunValues(SimpleNamespace):
+    """A run's column values, with the attributes of a RunRow: the hot paths write runs with Core statements
+    and hand these back, sparing the ORM's per-object bookkeeping."""
+
+
+def _take_lease(row: RunRow | RunValues, now: datetime, lease: timedelta) -> None:
     row.lease_token = (row.lease_token or 0) + 1
     row.lease_expires_at = now + lease
 
 
 class RunStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], retention: int, lease_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        retention: int,
+        lease_s: float = 30.0,
+        sqlite_engine: Engine | None = None,
+    ) -> None:
         self._sessions = sessions
         self._retention = retention
         self._lease = timedelta(seconds=lease_s)
         self._trim_every = max(1, min(100, retention // 10))
-        self._writes = WriteBatcher(sessions)
+        self._writes = WriteBatcher(sessions, sqlite_engine)
         self._ended: dict[tuple[str, str], int] = {}
 
     async def stop(self) -> None:
         await self._writes.stop()
 
-    def _new_row(self, fire: fire_pb2.FireRequest, run_input: dict[str, Any], now: datetime) -> RunRow:
-        trigger = parse_trigger(fire.trigger, "trigger")
-        return RunRow(
+    @staticmethod
+    def _new_values(fire: fire_pb2.FireRequest, run_input: dict[str, Any], now: datetime) -> dict[str, Any]:
+        trigger = parsed_trigger(fire.trigger)
+        return dict(
             id=new_id("r"),
             workspace_id=trigger.workspace,
             trigger_id=trigger.trigger,
@@ -224,6 +279,10 @@ class RunStore:
             owner=fire.action.owner,
             webhook=fire.webhook,
             event_type=fire.event_type,
+            start_time=None,
+            end_time=None,
+            lease_token=0,
+            lease_expires_at=None,
         )
 
     async def admit(
@@ -236,14 +295,14 @@ class RunStore:
     ) -> Admission:
         """Decides, atomically, whether the fire's run starts now, and records the decision and the events
         `describe(admission)` returns for it. A new fire of a `paused` trigger is recorded skipped."""
-        trigger = parse_trigger(fire.trigger, "trigger")
+        trigger = parsed_trigger(fire.trigger)
         request = _AdmitRequest(fire, run_input, workspace_limit, describe, paused)
         return await self._writes.submit_item(self._admit_many, request, lock_key=f"runs/{trigger.workspace}")
 
-    async def _admit_many(self, session: AsyncSession, requests: list[_AdmitRequest]) -> list[Admission]:
+    def _admit_many(self, session: Session, requests: list[_AdmitRequest]) -> list[Admission]:
         """Admits a batch: new fires of triggers that allow overlap and have no daily cap (the common case)
-        take one query for duplicates, one for the workspaces' running counts and one insert for them all;
-        every other fire goes through the full per-fire admission."""
+        take one query for duplicates, one for the workspaces' running counts and one Core insert for them
+        all (their rows are RunValues, not ORM objects); every other fire goes through the full admission."""
         results: dict[int, Admission] = {}
         simple = [
             index
@@ -254,20 +313,15 @@ class RunStore:
         ]
         if simple:
             fire_ids = [requests[index].fire.fire_id for index in simple]
-            known = set((await session.scalars(select(RunRow.fire_id).where(RunRow.fire_id.in_(fire_ids)))).all())
+            known = set(session.scalars(_KNOWN_FIRES, {"fire_ids": fire_ids}).all())
             fresh = [index for index in simple if requests[index].fire.fire_id not in known]
             now = datetime.now(UTC)
-            rows = {index: self._new_row(requests[index].fire, requests[index].run_input, now) for index in fresh}
+            rows = {
+                index: RunValues(**self._new_values(requests[index].fire, requests[index].run_input, now))
+                for index in fresh
+            }
             workspaces = {row.workspace_id for row in rows.values()}
-            running = dict(
-                (
-                    await session.execute(
-                        select(RunRow.workspace_id, func.count())
-                        .where(RunRow.workspace_id.in_(workspaces), RunRow.status == Status.RUN_STATUS_RUNNING)
-                        .group_by(RunRow.workspace_id)
-                    )
-                ).all()
-            )
+            running = dict(session.execute(_RUNNING_BY_WORKSPACE, {"workspaces": list(workspaces)}).all())
             for index, row in rows.items():
                 count = running.get(row.workspace_id, 0)
                 if count >= requests[index].workspace_limit:
@@ -279,23 +333,23 @@ class RunStore:
                 row.start_time = now
                 _take_lease(row, now, self._lease)
                 results[index] = Admission("run", row)
-            session.add_all(rows.values())
-            await session.flush()
+            if rows:
+                session.execute(_INSERT_RUN, [vars(row) for row in rows.values()])
         for index, request in enumerate(requests):
             if index not in results:
-                results[index] = await self._admit(session, request)
+                results[index] = self._admit(session, request)
         events: list[run_pb2.TraceEvent] = []
         for index, request in enumerate(requests):
             if request.describe is not None:
                 results[index].events = request.describe(results[index])
                 events.extend(results[index].events)
-        await _store_events(session, events)
+        _store_events(session, events)
         return [results[index] for index in range(len(requests))]
 
-    async def _admit(self, session: AsyncSession, request: _AdmitRequest) -> Admission:
+    def _admit(self, session: Session, request: _AdmitRequest) -> Admission:
         fire, workspace_limit = request.fire, request.workspace_limit
         now = datetime.now(UTC)
-        row = await session.scalar(select(RunRow).where(RunRow.fire_id == fire.fire_id))
+        row = session.scalar(select(RunRow).where(RunRow.fire_id == fire.fire_id))
         if row is not None and row.status in TERMINAL:
             return Admission("duplicate", row)
         if row is not None and row.status == Status.RUN_STATUS_RUNNING:
@@ -305,17 +359,17 @@ class RunStore:
             return Admission("run", row, resumed=True)
         is_new = row is None
         if row is None:
-            row = self._new_row(fire, request.run_input, now)
+            row = RunRow(**self._new_values(fire, request.run_input, now))
             if request.paused:
                 return self._skip(session, row, SkipReason.SKIP_REASON_PAUSED, now)
-            if await self._over_daily_cap(session, fire, row):
+            if self._over_daily_cap(session, fire, row):
                 return self._skip(session, row, SkipReason.SKIP_REASON_DAILY_CAP, now)
         policy = overlap_policy(fire)
         others: list[RunRow] = []
         if policy != Overlap.OVERLAP_POLICY_ALLOW:
             others = list(
                 (
-                    await session.scalars(
+                    session.scalars(
                         select(RunRow).where(
                             RunRow.workspace_id == row.workspace_id,
                             RunRow.trigger_id == row.trigger_id,
@@ -342,7 +396,7 @@ class RunStore:
                 other.end_time = now
                 other.duration_ms = _elapsed_ms(other, now)
                 cancelled.append(other)
-        running = await session.scalar(
+        running = session.scalar(
             select(func.count())
             .select_from(RunRow)
             .where(RunRow.workspace_id == row.workspace_id, RunRow.status == Status.RUN_STATUS_RUNNING)
@@ -358,7 +412,7 @@ class RunStore:
         return Admission("run", row, cancelled)
 
     @staticmethod
-    def _skip(session: AsyncSession, row: RunRow, reason: int, now: datetime) -> Admission:
+    def _skip(session: Session, row: RunRow, reason: int, now: datetime) -> Admission:
         row.status = Status.RUN_STATUS_SKIPPED
         row.skip_reason = reason
         row.status_reason = SKIP_REASONS[reason]
@@ -367,12 +421,12 @@ class RunStore:
         return Admission("skipped", row)
 
     @staticmethod
-    async def _over_daily_cap(session: AsyncSession, fire: fire_pb2.FireRequest, row: RunRow) -> bool:
+    def _over_daily_cap(session: Session, fire: fire_pb2.FireRequest, row: RunRow) -> bool:
         cap = fire.policies.max_runs_per_day
         if cap <= 0:
             return False
         start, end = local_day(row.fire_time, fire.timezone)
-        today = await session.scalar(
+        today = session.scalar(
             select(func.count())
             .select_from(RunRow)
             .where(
@@ -388,8 +442,8 @@ class RunStore:
     async def retry_later(self, row: RunRow, error: str, describe: DescribeRow | None = None) -> RunRow:
         """Records a failed attempt that will be retried: the run waits, pending, for its next attempt."""
 
-        async def operation(session: AsyncSession) -> RunRow:
-            stored = await session.get(RunRow, row.id)
+        def operation(session: Session) -> RunRow:
+            stored = session.get(RunRow, row.id)
             if stored is None:
                 raise not_found(run_name(row))
             if stored.lease_token != row.lease_token:
@@ -399,7 +453,7 @@ class RunStore:
                 stored.error_message = error
                 stored.lease_expires_at = None
             if describe is not None:
-                await _store_events(session, describe(stored))
+                _store_events(session, describe(stored))
             return stored
 
         return await self._writes.submit(operation)
@@ -428,30 +482,18 @@ class RunStore:
         }
         return await self._writes.submit_item(self._finish_many, _FinishRequest(row, changes, describe))
 
-    async def _finish_many(self, session: AsyncSession, requests: list[_FinishRequest]) -> list[RunRow]:
+    def _finish_many(self, session: Session, requests: list[_FinishRequest]) -> list[RunRow]:
         """Ends a batch of runs with one read and one executemany update; runs that already ended, or whose
         lease another executor took, are returned as stored, unchanged and without events."""
         ids = [request.row.id for request in requests]
-        stored = {
-            row.id: row
-            for row in (await session.scalars(select(RunRow).where(RunRow.id.in_(ids)).with_for_update())).all()
-        }
+        stored = {row.id: RunValues(**row._mapping) for row in session.execute(_READ_RUNS, {"ids": ids})}
         for request in requests:
             if request.row.id not in stored:
                 raise not_found(run_name(request.row))
-        for row in stored.values():
-            session.expunge(row)  # written by the executemany below, not by the unit of work
         active = [request for request in requests if _may_finish(stored[request.row.id], request.row)]
         if active:
-            table = RunRow.__table__
-            result = await session.execute(
-                update(table)
-                .where(
-                    table.c.id == bindparam("run_id"),
-                    table.c.lease_token == bindparam("token"),
-                    or_(*(table.c.status == status for status in ACTIVE)),
-                )
-                .values({column: bindparam(f"new_{column}") for column in FINISH_COLUMNS}),
+            result = session.execute(
+                _FINISH_RUN,
                 [
                     {"run_id": request.row.id, "token": request.row.lease_token}
                     | {f"new_{column}": request.changes[column] for column in FINISH_COLUMNS}
@@ -469,9 +511,9 @@ class RunStore:
                     setattr(row, column, value)
                 if request.describe is not None:
                     events.extend(request.describe(row))
-                await self._maybe_trim(session, row)
+                self._maybe_trim(session, row)
             results.append(row)
-        await _store_events(session, events)
+        _store_events(session, events)
         return results
 
     async def renew_leases(self, runs: dict[str, int]) -> set[str]:
@@ -479,31 +521,26 @@ class RunStore:
         longer the caller's (another executor took them over), which it must stop."""
         expires = datetime.now(UTC) + self._lease
 
-        async def operation(session: AsyncSession) -> set[str]:
+        def operation(session: Session) -> set[str]:
             lost = set()
-            table = RunRow.__table__
             for run_id, token in runs.items():
-                result = await session.execute(
-                    update(table)
-                    .where(table.c.id == run_id, table.c.lease_token == token)
-                    .values(lease_expires_at=expires)
-                )
+                result = session.execute(_RENEW_LEASE, {"run_id": run_id, "token": token, "expires": expires})
                 if result.rowcount == 0:
                     lost.add(run_id)
             return lost
 
         return await self._writes.submit(operation)
 
-    async def _maybe_trim(self, session: AsyncSession, row: RunRow) -> None:
+    def _maybe_trim(self, session: Session, row: RunRow) -> None:
         """Trims the trigger's history every `trim_every` ended runs, so at most retention + trim_every stay."""
         key = (row.workspace_id, row.trigger_id)
         self._ended[key] = self._ended.get(key, 0) + 1
         if self._ended[key] % self._trim_every == 0:
-            await self._trim(session, row)
+            self._trim(session, row)
 
-    async def _trim(self, session: AsyncSession, row: RunRow) -> None:
+    def _trim(self, session: Session, row: RunRow) -> None:
         """Keeps the newest `retention` runs of the trigger (and their trace events), deleting the rest."""
-        oldest_kept = await session.scalar(
+        oldest_kept = session.scalar(
             select(RunRow.fire_time)
             .where(RunRow.workspace_id == row.workspace_id, RunRow.trigger_id == row.trigger_id)
             .order_by(RunRow.fire_time.desc(), RunRow.id.desc())
@@ -527,8 +564,8 @@ class RunStore:
             )
             .scalar_subquery()
         )
-        await session.execute(delete(TraceEventRow).where(TraceEventRow.fire_id.in_(expired)))
-        await session.execute(
+        session.execute(delete(TraceEventRow).where(TraceEventRow.fire_id.in_(expired)))
+        session.execute(
             delete(RunRow).where(
                 RunRow.workspace_id == row.workspace_id,
                 RunRow.trigger_id == row.trigger_id,

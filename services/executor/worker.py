@@ -30,13 +30,12 @@ from nats.js import JetStreamContext, api
 
 from kairos.core import messaging
 from kairos.core.feed import KvMirror
-from kairos.core.names import parse_trigger
 from kairos.core.tasks import spawn
 from kairos.executor.models import RunRow
 from kairos.executor.notify import Callbacks
 from kairos.executor.policy import backoff_s, max_attempts
 from kairos.executor.runners import AgentError, Runners
-from kairos.executor.runs import FAILED, RunStore, run_name, value_to_python
+from kairos.executor.runs import FAILED, RunStore, parsed_trigger, run_name, value_to_python
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
 
 log = structlog.get_logger(__name__)
@@ -64,11 +63,13 @@ END_EVENTS = {
 @dataclass(frozen=True)
 class WorkerSettings:
     """`concurrency` is the fires one executor process works on at once (attempts, waits and writes); it stays
-    below the default workspace limit so one busy workspace is held back by the limit, not by re-offers."""
+    below the default workspace limit so one busy workspace is held back by the limit, not by re-offers. A
+    fire spends most of its time waiting for its two group commits, so throughput follows it: 64 gave about
+    700 runs/s with the no-op agent, 96 about 1,100 (bench_executor)."""
 
     ack_wait_s: float = 30.0
     workspace_max_concurrent_runs: int = 100
-    concurrency: int = 64
+    concurrency: int = 96
 
 
 def run_input(fire: fire_pb2.FireRequest) -> dict[str, Any]:
@@ -230,7 +231,7 @@ class FireWorker:
         for event in events:
             if self._callbacks is not None and notify_url:
                 await self._callbacks.enqueue(notify_url, event)
-            trigger = parse_trigger(event.trigger, "trigger")
+            trigger = parsed_trigger(event.trigger)
             with contextlib.suppress(Exception):
                 await self._nc.publish(
                     messaging.trace_subject(trigger.workspace, trigger.trigger),
@@ -243,7 +244,7 @@ class FireWorker:
     async def _handle(self, message: Msg) -> None:
         try:
             fire = fire_pb2.FireRequest.FromString(message.data)
-            parse_trigger(fire.trigger, "trigger")
+            parsed_trigger(fire.trigger)
         except Exception:
             log.error("discarding a fire that is not a valid FireRequest", subject=message.subject)
             await message.term()
@@ -290,7 +291,7 @@ class FireWorker:
         """Whether the trigger is paused in the registry's change feed; a manual fire (FireTrigger) still runs."""
         if self._triggers is None or fire.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_MANUAL:
             return False
-        trigger = parse_trigger(fire.trigger, "trigger")
+        trigger = parsed_trigger(fire.trigger)
         record = self._triggers.cached(f"{trigger.workspace}.{trigger.trigger}")
         return record is not None and record.state == trigger_pb2.TriggerState.TRIGGER_STATE_PAUSED
 
@@ -441,7 +442,7 @@ class FireWorker:
                     await message.in_progress()
 
     async def _dead_letter(self, message: Msg, fire: fire_pb2.FireRequest, row: RunRow) -> None:
-        trigger = parse_trigger(fire.trigger, "trigger")
+        trigger = parsed_trigger(fire.trigger)
         await self._js.publish(
             messaging.dead_letter_subject(trigger.workspace, trigger.trigger),
             message.data,

@@ -2,6 +2,9 @@
 
 - `executor.runs_per_s`: fires published onto KAIROS_FIRES -> runs recorded `completed` (SQLite, the no-op test
   agent), timed from the first publish to the last `run.completed` trace event. Target (issue 6): >= 1,000/s.
+- `executor.direct_fire_to_agent_p50_ms` / `_p99_ms`: the executor alone; fires published onto KAIROS_FIRES at
+  a steady 200/s, timed from the publish to the envelope's arrival at a NATS responder agent in this process:
+  the executor's own share of the webhook figure below.
 - `executor.webhook_to_agent_p50_ms` / `_p99_ms`: registry, ingress and executor as three processes; webhook
   POSTs at a steady 200 requests/s; the agent is a NATS responder in this process that notes when each
   envelope arrives (same clock as the POST). Target: p99 <= 50 ms.
@@ -11,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import httpx
 from kairos.client import KairosClient, webhook_trigger
 from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
-from kairos.devtools.suite import wait_serving
+from kairos.devtools.processes import ServiceProcesses
 from kairos.v1 import (
     fire_pb2,
     run_pb2,
@@ -39,6 +40,8 @@ from kairos.v1 import (
 
 FIGURES = (
     "executor.runs_per_s",
+    "executor.direct_fire_to_agent_p50_ms",
+    "executor.direct_fire_to_agent_p99_ms",
     "executor.webhook_to_agent_p50_ms",
     "executor.webhook_to_agent_p99_ms",
 )
@@ -52,45 +55,23 @@ RUN_TIMEOUT_S = 120
 WORKSPACE = "bench"
 
 
-async def _start(
-    stack: AsyncExitStack, service: str, data: Path, nats_url: str, env: dict[str, str]
-) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "KAIROS_NATS_URL": nats_url,
-        "KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{data / f'{service}.db'}",
-        "KAIROS_GRPC_PORT": str(port),
-        "KAIROS_LOG_LEVEL": "warning",
-        **env,
-    }
-    with (data / f"{service}.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"kairos.{service}", env=full_env, stdout=log, stderr=log
-        )
-
-    async def stop() -> None:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(20):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-    stack.push_async_callback(stop)
-    address = f"127.0.0.1:{port}"
-    if not await wait_serving(address, READY_TIMEOUT_S):
-        raise RuntimeError(f"{address} did not become SERVING")
-    return process, address
+async def _launch(stack: AsyncExitStack, data: Path, nats_url: str, services: tuple[str, ...], env: dict[str, str]):
+    """`services` as processes (kairos.devtools.processes), each with its own SQLite file; their addresses."""
+    launched = await stack.enter_async_context(
+        ServiceProcesses(data / "logs", {"KAIROS_NATS_URL": nats_url, "KAIROS_LOG_LEVEL": "warning", **env})
+    )
+    addresses = {}
+    for service in services:
+        database = {"KAIROS_DATABASE_URL": f"sqlite+aiosqlite:///{data / f'{service}.db'}"}
+        addresses[service] = (await launched.launch(service, env=database)).address
+    return addresses
 
 
 async def _runs_per_s(data: Path) -> float:
     async with AsyncExitStack() as stack:
         nats_server = await stack.enter_async_context(EmbeddedNatsServer(data / "nats"))
         env = {"KAIROS_PYTHON_RUNNER_MODULES": "kairos.agents,kairos.testing_agents"}
-        await _start(stack, "executor", data, nats_server.url, env)
+        await _launch(stack, data, nats_server.url, ("executor",), env)
         nc = await messaging.connect(nats_server.url, "bench-executor")
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
@@ -134,6 +115,67 @@ async def _runs_per_s(data: Path) -> float:
         return FIRES / (time.perf_counter() - started)
 
 
+async def _at_steady_rate(total: int, send) -> None:
+    """Starts `send(seq)` for seq in 0..total-1 at WEBHOOK_RATE_PER_S, on schedule, and waits for them all."""
+    interval = 1 / WEBHOOK_RATE_PER_S
+    start = time.perf_counter()
+    sends = []
+    for seq in range(total):
+        delay = start + seq * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sends.append(asyncio.create_task(send(seq)))
+    await asyncio.gather(*sends)
+
+
+async def _direct_fire_latencies(data: Path) -> list[float]:
+    async with AsyncExitStack() as stack:
+        nats_server = await stack.enter_async_context(EmbeddedNatsServer(data / "nats"))
+        await _launch(stack, data, nats_server.url, ("executor",), {})
+        nc = await messaging.connect(nats_server.url, "bench-direct")
+        stack.push_async_callback(nc.close)
+        js = nc.jetstream()
+        total = WARMUP_REQUESTS + WEBHOOK_RATE_PER_S * WEBHOOK_SECONDS
+        sent: dict[int, float] = {}
+        arrived: dict[int, float] = {}
+        all_arrived = asyncio.Event()
+
+        async def agent(message) -> None:
+            seq = json.loads(message.data)["payload"]["seq"]
+            arrived[seq] = time.perf_counter()
+            await message.respond(b"{}")
+            if len(arrived) == total:
+                all_arrived.set()
+
+        await nc.subscribe("bench.direct.agent", cb=agent)
+        await nc.flush()
+        action = trigger_pb2.Action(
+            agent="agents/bench", runner=trigger_pb2.Runner(nats=trigger_pb2.NatsRunner(subject="bench.direct.agent"))
+        )
+        policies = trigger_pb2.Policies(overlap=trigger_pb2.OverlapPolicy.OVERLAP_POLICY_ALLOW)
+
+        async def publish(seq: int) -> None:
+            trigger = f"t{seq % TRIGGERS}"
+            fire = fire_pb2.FireRequest(
+                fire_id=f"direct-{seq}",
+                trigger=f"workspaces/{WORKSPACE}/triggers/{trigger}",
+                trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK,
+                action=action,
+                policies=policies,
+            )
+            fire.payload.struct_value.update({"seq": seq})
+            fire.fire_time.GetCurrentTime()
+            sent[seq] = time.perf_counter()
+            await messaging.publish_fire(
+                js, messaging.fire_subject(WORKSPACE, trigger), fire.SerializeToString(), fire.fire_id
+            )
+
+        await _at_steady_rate(total, publish)
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            await all_arrived.wait()
+        return [(arrived[seq] - sent[seq]) * 1000 for seq in range(WARMUP_REQUESTS, total)]
+
+
 async def _webhook_latencies(data: Path) -> list[float]:
     admin_key = "bench-admin-key-0123456789"
     async with AsyncExitStack() as stack:
@@ -145,9 +187,7 @@ async def _webhook_latencies(data: Path) -> list[float]:
             "KAIROS_WEBHOOK_RATE_PER_S": "100000",
             "KAIROS_WEBHOOK_BURST": "100000",
         }
-        _, registry = await _start(stack, "registry", data, nats_server.url, env)
-        await _start(stack, "ingress", data, nats_server.url, env)
-        await _start(stack, "executor", data, nats_server.url, env)
+        registry = (await _launch(stack, data, nats_server.url, ("registry", "ingress", "executor"), env))["registry"]
 
         async with KairosClient(registry, admin_key) as admin:
             await admin.workspaces.CreateWorkspace(
@@ -208,15 +248,7 @@ async def _webhook_latencies(data: Path) -> list[float]:
                     if probe.status_code != 404:
                         break
                     await asyncio.sleep(0.1)
-            interval = 1 / WEBHOOK_RATE_PER_S
-            start = time.perf_counter()
-            posts = []
-            for seq in range(total):
-                delay = start + seq * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                posts.append(asyncio.create_task(post(seq)))
-            await asyncio.gather(*posts)
+            await _at_steady_rate(total, post)
             async with asyncio.timeout(RUN_TIMEOUT_S):
                 await all_arrived.wait()
         measured = range(WARMUP_REQUESTS, total)
@@ -234,6 +266,11 @@ async def run(report) -> None:
         data = Path(tmp) / "throughput"
         data.mkdir()
         report("executor.runs_per_s", await _runs_per_s(data), "runs/s")
+        data = Path(tmp) / "direct"
+        data.mkdir()
+        latencies = sorted(await _direct_fire_latencies(data))
+        report("executor.direct_fire_to_agent_p50_ms", statistics.median(latencies), "ms")
+        report("executor.direct_fire_to_agent_p99_ms", latencies[int(len(latencies) * 0.99) - 1], "ms")
         data = Path(tmp) / "webhook"
         data.mkdir()
         latencies = sorted(await _webhook_latencies(data))

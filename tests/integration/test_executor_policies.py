@@ -1,7 +1,8 @@
 """The executor's policies against a real nats-server and real databases (SQLite and PostgreSQL), fires
 published straight onto KAIROS_FIRES: retries with backoff and their trace, dead letters, overlap (skip,
 buffer_one, cancel_other), the daily cap, fires of a paused trigger skipped (each skip with its reason),
-CancelRun, and pausing a trigger after failures.
+CancelRun, pausing a trigger after failures, and the nats runner against a NATS responder (the envelope as
+the trigger's owner with its agent version; an agent that never answers ends timed_out at the deadline).
 
 Agents come from `kairos.testing_agents`; a run is held mid-attempt by `wait_for_release` and let go by a
 NATS message. Every wait is on a trace event or a change-feed mirror, inside asyncio.timeout; nothing sleeps.
@@ -73,18 +74,23 @@ class Executor:
         run_input: dict | None = None,
         timezone: str = "",
         http_url: str = "",
+        nats_subject: str = "",
+        owner: str = "",
+        agent_version: int = 0,
     ) -> str:
         fire_id = f"f-{secrets.token_hex(6)}"
-        runner = (
-            trigger_pb2.Runner(http=trigger_pb2.HttpRunner(url=http_url))
-            if http_url
-            else trigger_pb2.Runner(python=trigger_pb2.PythonRunner(entry_point=entry_point))
-        )
+        if http_url:
+            runner = trigger_pb2.Runner(http=trigger_pb2.HttpRunner(url=http_url))
+        elif nats_subject:
+            runner = trigger_pb2.Runner(nats=trigger_pb2.NatsRunner(subject=nats_subject))
+        else:
+            runner = trigger_pb2.Runner(python=trigger_pb2.PythonRunner(entry_point=entry_point))
+        action = trigger_pb2.Action(agent="agents/test", runner=runner, owner=owner, agent_version=agent_version)
         request = fire_pb2.FireRequest(
             fire_id=fire_id,
             trigger=f"workspaces/{WORKSPACE}/triggers/{trigger}",
             trigger_type=trigger_type,
-            action=trigger_pb2.Action(agent="agents/test", runner=runner),
+            action=action,
             policies=policies or trigger_pb2.Policies(),
             timezone=timezone,
         )
@@ -387,3 +393,45 @@ def test_backoff_grows_exponentially_is_capped_and_jittered_and_days_follow_the_
     assert (start, end) == (datetime(2026, 2, 28, 15, tzinfo=UTC), datetime(2026, 3, 1, 15, tzinfo=UTC))
     spring_forward = local_day(datetime(2026, 3, 8, 12, tzinfo=UTC), "America/New_York")
     assert spring_forward[1] - spring_forward[0] == timedelta(hours=23)
+
+
+async def test_nats_runner_gets_the_envelope_as_the_owner_and_a_silent_agent_times_out(executor: Executor) -> None:
+    envelopes: list[dict] = []
+
+    async def agent(message) -> None:
+        envelopes.append(json.loads(message.data))
+        await message.respond(json.dumps({"summary": "done", "echo": envelopes[-1]["input"]}).encode())
+
+    async def silent_agent(message) -> None:
+        envelopes.append(json.loads(message.data))
+
+    await executor.nc.subscribe("test.agents.answering", cb=agent)
+    await executor.nc.subscribe("test.agents.silent", cb=silent_agent)
+    await executor.nc.flush()
+
+    fire_id = await executor.fire(
+        "over-nats",
+        "",
+        nats_subject="test.agents.answering",
+        run_input={"topic": "q3"},
+        owner="users/ada",
+        agent_version=trigger_pb2.AgentVersion.AGENT_VERSION_DRAFT,
+    )
+    ended = await executor.ended(fire_id)
+    assert ended.type == "run.completed"
+    [envelope] = envelopes
+    assert (envelope["run"], envelope["fire_id"], envelope["attempt"]) == (ended.run, fire_id, 1)
+    assert (envelope["owner"], envelope["agent_version"], envelope["trigger_type"]) == ("users/ada", "draft", "webhook")
+    assert envelope["input"] == {"topic": "q3"}
+    run = await executor.run(ended.run)
+    assert json_format.MessageToDict(run.output) == {"summary": "done", "echo": {"topic": "q3"}}
+    assert (run.owner, run.agent_version) == ("users/ada", trigger_pb2.AgentVersion.AGENT_VERSION_DRAFT)
+
+    deadline = trigger_pb2.Policies(
+        attempt_deadline=duration_pb2.Duration(nanos=200_000_000), retry=trigger_pb2.RetryPolicy(max_attempts=1)
+    )
+    silent = await executor.fire("silent", "", nats_subject="test.agents.silent", policies=deadline)
+    timed_out = await executor.ended(silent)
+    assert (timed_out.type, timed_out.status) == ("run.failed", Status.RUN_STATUS_TIMED_OUT)
+    assert "no result within 0.2 s" in timed_out.error_message
+    assert len(envelopes) == 2, "the silent agent was asked once"
