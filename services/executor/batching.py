@@ -58,10 +58,10 @@ def take_locks(session: Session, keys: list[str]) -> None:
     """Serialises admissions on `keys` across replicas until the transaction ends."""
     if session.bind.dialect.name == "postgresql":
         for key in sorted(set(keys)):
-            session.execute(_ADVISORY_LOCK, {"key": key})
+            session.connection().execute(_ADVISORY_LOCK, {"key": key})
     elif keys:
         # Any write statement takes SQLite's (database-wide) write lock for the rest of the transaction.
-        session.execute(_SQLITE_WRITE_LOCK)
+        session.connection().execute(_SQLITE_WRITE_LOCK)
 
 
 def _write(session: Session, batch: list[_Pending]) -> dict[int, Any]:

@@ -142,7 +142,7 @@ def insert_new(session: Session, model: type, rows: list[dict[str, Any]], keys: 
         insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
         statement = insert_into(model.__table__).on_conflict_do_nothing(index_elements=keys)
         _INSERT_NEW[(dialect, model, tuple(keys))] = statement
-    session.execute(statement, rows)
+    session.connection().execute(statement, rows)
 
 
 def event_row(event: run_pb2.TraceEvent) -> dict[str, Any]:
@@ -313,7 +313,8 @@ class RunStore:
         ]
         if simple:
             fire_ids = [requests[index].fire.fire_id for index in simple]
-            known = set(session.scalars(_KNOWN_FIRES, {"fire_ids": fire_ids}).all())
+            core = session.connection()  # Core statements skip the ORM session's per-statement work
+            known = set(core.execute(_KNOWN_FIRES, {"fire_ids": fire_ids}).scalars().all())
             fresh = [index for index in simple if requests[index].fire.fire_id not in known]
             now = datetime.now(UTC)
             rows = {
@@ -321,7 +322,7 @@ class RunStore:
                 for index in fresh
             }
             workspaces = {row.workspace_id for row in rows.values()}
-            running = dict(session.execute(_RUNNING_BY_WORKSPACE, {"workspaces": list(workspaces)}).all())
+            running = dict(core.execute(_RUNNING_BY_WORKSPACE, {"workspaces": list(workspaces)}).all())
             for index, row in rows.items():
                 count = running.get(row.workspace_id, 0)
                 if count >= requests[index].workspace_limit:
@@ -334,7 +335,7 @@ class RunStore:
                 _take_lease(row, now, self._lease)
                 results[index] = Admission("run", row)
             if rows:
-                session.execute(_INSERT_RUN, [vars(row) for row in rows.values()])
+                core.execute(_INSERT_RUN, [vars(row) for row in rows.values()])
         for index, request in enumerate(requests):
             if index not in results:
                 results[index] = self._admit(session, request)
@@ -486,13 +487,14 @@ class RunStore:
         """Ends a batch of runs with one read and one executemany update; runs that already ended, or whose
         lease another executor took, are returned as stored, unchanged and without events."""
         ids = [request.row.id for request in requests]
-        stored = {row.id: RunValues(**row._mapping) for row in session.execute(_READ_RUNS, {"ids": ids})}
+        core = session.connection()  # Core statements skip the ORM session's per-statement work
+        stored = {row.id: RunValues(**row._mapping) for row in core.execute(_READ_RUNS, {"ids": ids})}
         for request in requests:
             if request.row.id not in stored:
                 raise not_found(run_name(request.row))
         active = [request for request in requests if _may_finish(stored[request.row.id], request.row)]
         if active:
-            result = session.execute(
+            result = core.execute(
                 _FINISH_RUN,
                 [
                     {"run_id": request.row.id, "token": request.row.lease_token}

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 DURABLE = "kairos-executor"
 DEFAULT_ATTEMPT_DEADLINE_S = 300.0
 WAIT_DELAY_S = 0.5
+PULL_EXPIRES_S = 5.0
 CANCEL_SUBJECT = "kairos.executor.cancel"
 PAUSE_SUBJECT = "kairos.control.registry.pause_trigger"
 Status = run_pb2.RunStatus
@@ -129,7 +130,10 @@ class FireWorker:
         self._settings = settings or WorkerSettings()
         self._triggers = triggers
         self._concurrency = self._settings.concurrency
-        self._slots = asyncio.Semaphore(self._concurrency)
+        self._slot_freed = asyncio.Event()
+        self._pull_answered = asyncio.Event()
+        self._pull_remaining = 0
+        self._pull_status = ""
         self._tasks: set[asyncio.Task] = set()
         self._attempts: dict[str, asyncio.Task] = {}
         self._in_progress: dict[str, Msg] = {}
@@ -152,9 +156,9 @@ class FireWorker:
         )
         await self._js.add_consumer(messaging.FIRES_STREAM, config)
         self._cancel_subscription = await self._nc.subscribe(CANCEL_SUBJECT, cb=self._on_cancel)
-        subscription = await self._js.pull_subscribe_bind(durable=DURABLE, stream=messaging.FIRES_STREAM)
-        self._subscription = subscription
-        self._loop = spawn(self._pull(subscription), "executor-pull")
+        inbox = self._nc.new_inbox()
+        self._subscription = await self._nc.subscribe(inbox, cb=self._on_pulled)
+        self._loop = spawn(self._pull(inbox), "executor-pull")
         self._heartbeats = spawn(self._heartbeat(), "executor-heartbeat")
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -166,8 +170,7 @@ class FireWorker:
                 await self._loop
         for subscription in (self._subscription, self._cancel_subscription):
             if subscription is not None:
-                # Drop the pull inbox now: a message left in it (a late 408, or one fetch() took without marking
-                # it done) would otherwise hold the connection's drain for its whole timeout at shutdown.
+                # Drop the pull inbox now: fires still delivered to it are left to redelivery (never acked).
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
         if self._tasks:
@@ -179,26 +182,53 @@ class FireWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeats
 
-    async def _pull(self, subscription) -> None:
+    async def _pull(self, inbox: str) -> None:
+        """Keeps one pull request for the free slots outstanding, so fires are pushed here as they arrive.
+        nats-py's fetch() costs a probe, a status message and a new request per call, which at a steady few
+        hundred fires per second made the executor spend several times the CPU of the runs themselves."""
+        request_subject = f"$JS.API.CONSUMER.MSG.NEXT.{messaging.FIRES_STREAM}.{DURABLE}"
+        refill = max(1, self._concurrency // 4)
         while not self._stopping.is_set():
-            free = max(1, self._concurrency - len(self._tasks))
-            try:
-                messages = await subscription.fetch(batch=min(free, 256), timeout=1.0)
-            except TimeoutError:  # nats.errors.TimeoutError, and the bare asyncio.TimeoutError fetch also raises
+            free = self._concurrency - len(self._tasks)
+            if free < refill:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
                 continue
+            self._pull_answered.clear()
+            self._pull_status = ""
+            self._pull_remaining = free
+            request = {"batch": free, "expires": int(PULL_EXPIRES_S * 1e9)}
+            try:
+                await self._nc.publish(request_subject, json.dumps(request).encode(), reply=inbox)
             except nats.errors.Error as error:
-                log.warning("fetching fires failed; backing off", error=str(error))
+                log.warning("asking for fires failed; backing off", error=str(error))
                 await asyncio.sleep(0.5)
                 continue
-            for message in messages:
-                await self._slots.acquire()
-                task = spawn(self._handle(message), "executor-run")
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
+            # Answered: the batch was delivered, or the request ended (expired, or the server dropped it).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PULL_EXPIRES_S + 1.0):
+                    await self._pull_answered.wait()
+            if self._pull_status == "409":  # e.g. a consumer leader change: do not spin on the refusal
+                log.warning("the fire consumer refused a pull request; retrying", status=self._pull_status)
+                await asyncio.sleep(0.5)
+
+    async def _on_pulled(self, message: Msg) -> None:
+        status = message.headers.get(api.Header.STATUS) if message.headers else None
+        if status:
+            if status != "100":  # not an idle heartbeat: 404/408 request ended, 409 server-side limits
+                self._pull_status = status
+                self._pull_answered.set()
+            return
+        task = spawn(self._handle(message), "executor-run")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        self._pull_remaining -= 1
+        if self._pull_remaining <= 0:
+            self._pull_answered.set()
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._slot_freed.set()
 
     # -- cancellation ------------------------------------------------------------------------------------
 
