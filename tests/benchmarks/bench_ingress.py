@@ -18,7 +18,6 @@ import hmac
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
 from kairos.devtools.processes import ServiceProcesses
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
+from tests.benchmarks.rawhttp import connect, read_response, request_bytes
 
 FIGURES = (
     "ingress.accepted_per_s",
@@ -87,12 +87,6 @@ async def serve_bare(port: int) -> None:
         await stop.wait()
 
 
-def request_bytes(path: str, headers: dict[str, str], body: bytes) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 def signed_requests(webhook_id: str, key: bytes, count: int, *, forged: bool = False) -> list[bytes]:
     timestamp = str(int(time.time()))
     requests = []
@@ -111,18 +105,6 @@ def signed_requests(webhook_id: str, key: bytes, count: int, *, forged: bool = F
     return requests
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
 async def drive(port: int, requests: list[bytes], expected: int) -> tuple[float, list[float]]:
     """`drive_here` on a uvloop event loop of its own (in a thread), so the client spends little CPU per request."""
     return await asyncio.to_thread(uvloop.run, drive_here(port, requests, expected))
@@ -135,13 +117,12 @@ async def drive_here(port: int, requests: list[bytes], expected: int) -> tuple[f
     unexpected: list[int] = []
 
     async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = await connect(port)
         try:
             for request in queue:
                 started = time.perf_counter()
                 writer.write(request)
-                status = await _read_response(reader)
+                status = await read_response(reader)
                 latencies.append(time.perf_counter() - started)
                 if status != expected:
                     unexpected.append(status)
