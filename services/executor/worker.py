@@ -244,8 +244,16 @@ class FireWorker:
         row, ended = await self._store.cancel(name, describe)
         if ended:
             await self._nc.publish(CANCEL_SUBJECT, row.id.encode())
-        await self._publish(events, "")
+        await self._publish(events, self._current_notify_url(_trigger_of(row)))
         return row
+
+    def _current_notify_url(self, trigger_name: str) -> str:
+        """The trigger's notify_url as the change feed has it now: a cancel has no fire (and its snapshot) at hand."""
+        if self._triggers is None:
+            return ""
+        trigger = parsed_trigger(trigger_name)
+        record = self._triggers.cached(f"{trigger.workspace}.{trigger.trigger}")
+        return record.policies.notify_url if record is not None else ""
 
     async def _on_cancel(self, message: Msg) -> None:
         attempt = self._attempts.get(message.data.decode())

@@ -25,10 +25,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from test_executor_policies import TEST_AGENTS, TIMEOUT_S, WORKSPACE, Executor, connect_executor, fast_retry
 
+from kairos.client import webhook_trigger
 from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.devtools.processes import ServiceProcesses
-from kairos.v1 import fire_pb2, run_pb2, run_service_pb2, trigger_pb2
+from kairos.devtools.suite import running_suite, traces_of
+from kairos.v1 import fire_pb2, run_pb2, run_service_pb2, trigger_pb2, trigger_service_pb2
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 Status = run_pb2.RunStatus
@@ -258,3 +260,30 @@ async def test_a_callback_in_flight_when_the_executor_is_killed_is_delivered_aft
             delivered = [webhook_id for webhook_id, _, ok in peer.held_calls if ok]
             assert in_flight_id in delivered, "the callback in flight at the kill is delivered after the restart"
             assert {event["fire_id"] for _, event, _ in peer.held_calls} == {"notified-1"}
+
+
+async def test_cancel_run_sends_run_cancelled_to_the_triggers_notify_url(tmp_path: Path, peer: Peer) -> None:
+    """CancelRun has no fire snapshot at hand: its run.cancelled goes to the notify_url the trigger has now."""
+    peer.failures_left = 0
+    env = {"KAIROS_PYTHON_RUNNER_MODULES": TEST_AGENTS, "KAIROS_NOTIFY_SIGNING_SECRET": SECRET}
+    async with running_suite(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'kairos.db'}", env=env) as suite:
+        api_key = await suite.new_workspace("cancels")
+        async with suite.client(api_key) as kairos, traces_of(suite, "cancels") as traces:
+            trigger = webhook_trigger(
+                entry_point="kairos.testing_agents:wait_for_release",
+                input_template={
+                    "nats_url": suite.nats.url,
+                    "release_subject": "test.cancel.release",
+                    "ready_subject": "test.cancel.ready",
+                },
+            )
+            trigger.policies.notify_url = f"{peer.url}/notify"
+            created = await kairos.triggers.CreateTrigger(trigger_service_pb2.CreateTriggerRequest(trigger=trigger))
+            name = created.trigger.name
+            await kairos.triggers.FireTrigger(trigger_service_pb2.FireTriggerRequest(name=name))
+            started = await traces.wait_for(lambda event: event.type == "run.started" and event.trigger == name)
+            await kairos.runs.CancelRun(run_service_pb2.CancelRunRequest(name=started.run))
+
+            await peer.wait(lambda: any(event["type"] == "run.cancelled" for _, event in peer.notifications))
+            [cancelled] = [event for _, event in peer.notifications if event["type"] == "run.cancelled"]
+            assert (cancelled["run"], cancelled["fire_id"]) == (started.run, started.fire_id)
