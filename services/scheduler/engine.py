@@ -484,14 +484,20 @@ class SchedulerEngine:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=PROGRESS_EVERY_S)
-            await self._flush_progress()
+            await self._flush_progress(spread_s=PROGRESS_EVERY_S / 2)
 
-    async def _flush_progress(self) -> None:
-        """Writes the progress document of every shard that changed; a failed write is retried next round."""
+    async def _flush_progress(self, spread_s: float = 0.0) -> None:
+        """Writes the progress document of every shard that changed; a failed write is retried next round.
+
+        With `spread_s` the writes are spaced over that many seconds (until a stop is asked for): a round of up to
+        64 documents of ~80 KB at once held both this loop and the nats-server long enough to delay due fires.
+        """
         dirty, self._dirty = self._dirty, set()
         unsaved, self._unsaved = self._unsaved, {}
+        shards = dirty | set(unsaved)
+        pause_s = spread_s / len(shards) if shards else 0.0
         writes: list[tuple[int, dict[str, ProgressEntry], asyncio.Future]] = []
-        for shard in dirty | set(unsaved):
+        for shard in shards:
             triggers = self._progress.get(shard, unsaved.get(shard))
             if triggers is None:
                 continue
@@ -504,9 +510,11 @@ class SchedulerEngine:
                 self._keep_unsaved(shard, triggers)
                 continue
             writes.append((shard, triggers, future))
-            # Encoding and sending a shard's document takes ~0.3 ms per 1,600 triggers: give due fires their turn
-            # between shards instead of holding the loop for all 64 at once.
-            await asyncio.sleep(0)
+            if pause_s and not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=pause_s)
+            else:
+                await asyncio.sleep(0)  # due fires go first between two documents
         if not writes:
             return
         await asyncio.wait([future for _, _, future in writes])
