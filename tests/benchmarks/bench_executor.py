@@ -94,21 +94,9 @@ async def _runs_per_s(data: Path) -> float:
             agent="agents/noop",
             runner=trigger_pb2.Runner(python=trigger_pb2.PythonRunner(entry_point="kairos.testing_agents:noop")),
         )
-        policies = trigger_pb2.Policies(overlap=trigger_pb2.OverlapPolicy.OVERLAP_POLICY_ALLOW)
 
         async def publish(index: int) -> None:
-            trigger = f"t{index % TRIGGERS}"
-            fire = fire_pb2.FireRequest(
-                fire_id=f"bench-{index}",
-                trigger=f"workspaces/{WORKSPACE}/triggers/{trigger}",
-                trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_MANUAL,
-                action=action,
-                policies=policies,
-            )
-            fire.fire_time.GetCurrentTime()
-            await messaging.publish_fire(
-                js, messaging.fire_subject(WORKSPACE, trigger), fire.SerializeToString(), fire.fire_id
-            )
+            await _publish_fire(js, f"bench-{index}", index, action, run_pb2.TriggerType.TRIGGER_TYPE_MANUAL)
 
         started = time.perf_counter()
         for chunk in range(0, FIRES, 500):
@@ -116,6 +104,24 @@ async def _runs_per_s(data: Path) -> float:
         async with asyncio.timeout(RUN_TIMEOUT_S):
             await done.wait()
         return FIRES / (time.perf_counter() - started)
+
+
+async def _publish_fire(
+    js, fire_id: str, index: int, action: trigger_pb2.Action, trigger_type: int, payload: dict | None = None
+) -> None:
+    """One fire of trigger `t<index % TRIGGERS>` (overlap allowed) straight onto KAIROS_FIRES."""
+    trigger = f"t{index % TRIGGERS}"
+    fire = fire_pb2.FireRequest(
+        fire_id=fire_id,
+        trigger=f"workspaces/{WORKSPACE}/triggers/{trigger}",
+        trigger_type=trigger_type,
+        action=action,
+        policies=trigger_pb2.Policies(overlap=trigger_pb2.OverlapPolicy.OVERLAP_POLICY_ALLOW),
+    )
+    if payload is not None:
+        fire.payload.struct_value.update(payload)
+    fire.fire_time.GetCurrentTime()
+    await messaging.publish_fire(js, messaging.fire_subject(WORKSPACE, trigger), fire.SerializeToString(), fire_id)
 
 
 async def _at_steady_rate(total: int, send) -> None:
@@ -155,22 +161,11 @@ async def _direct_fire_latencies(data: Path) -> list[float]:
         action = trigger_pb2.Action(
             agent="agents/bench", runner=trigger_pb2.Runner(nats=trigger_pb2.NatsRunner(subject="bench.direct.agent"))
         )
-        policies = trigger_pb2.Policies(overlap=trigger_pb2.OverlapPolicy.OVERLAP_POLICY_ALLOW)
 
         async def publish(seq: int) -> None:
-            trigger = f"t{seq % TRIGGERS}"
-            fire = fire_pb2.FireRequest(
-                fire_id=f"direct-{seq}",
-                trigger=f"workspaces/{WORKSPACE}/triggers/{trigger}",
-                trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK,
-                action=action,
-                policies=policies,
-            )
-            fire.payload.struct_value.update({"seq": seq})
-            fire.fire_time.GetCurrentTime()
             sent[seq] = time.perf_counter()
-            await messaging.publish_fire(
-                js, messaging.fire_subject(WORKSPACE, trigger), fire.SerializeToString(), fire.fire_id
+            await _publish_fire(
+                js, f"direct-{seq}", seq, action, run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK, payload={"seq": seq}
             )
 
         await _at_steady_rate(total, publish)
