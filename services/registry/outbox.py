@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from kairos.core.tasks import cancel_and_wait, spawn
+from kairos.core.tasks import cancel_and_wait, spawn, wait_event
 from kairos.registry.models import OutboxRow
 from kairos.registry.transactions import Transactions
 
@@ -124,8 +124,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=5.0)
+            await wait_event(self._wakeup, 5.0)
             self._wakeup.clear()
             if self._stopping.is_set():
                 return

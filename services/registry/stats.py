@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from kairos.core import messaging
-from kairos.core.tasks import cancel_and_wait, spawn
+from kairos.core.tasks import cancel_and_wait, spawn, wait_event
 from kairos.registry.models import AppliedTraceEventRow, TriggerRow, TriggerStatsRow
 from kairos.registry.transactions import Transactions
 from kairos.v1 import run_pb2
@@ -179,8 +179,7 @@ class TriggerStatsConsumer:
             await self._progress.wait_for(lambda: self._applied_through >= sequence)
 
     async def _pause(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), RETRY_DELAY_S)
+        await wait_event(self._stopping, RETRY_DELAY_S)
 
     async def _run(self) -> None:
         batches = 0

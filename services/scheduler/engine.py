@@ -17,7 +17,6 @@ in a tight loop for the last `SPIN_US`, since the event loop's timers are only m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import heapq
 import itertools
@@ -34,7 +33,7 @@ from kairos.core.errors import KairosError
 from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import parse_trigger
 from kairos.core.schedule import Schedule, compile_schedule
-from kairos.core.tasks import cancel_and_wait, spawn
+from kairos.core.tasks import cancel_and_wait, spawn, wait_event
 from kairos.scheduler.state import (
     NUM_SHARDS,
     ProgressEntry,
@@ -482,8 +481,7 @@ class SchedulerEngine:
 
     async def _write_progress(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=PROGRESS_EVERY_S)
+            await wait_event(self._stopping, PROGRESS_EVERY_S)
             await self._flush_progress(spread_s=PROGRESS_EVERY_S / 2)
 
     async def _flush_progress(self, spread_s: float = 0.0) -> None:
@@ -511,8 +509,7 @@ class SchedulerEngine:
                 continue
             writes.append((shard, triggers, future))
             if pause_s and not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=pause_s)
+                await wait_event(self._stopping, pause_s)
             else:
                 await asyncio.sleep(0)  # due fires go first between two documents
         if not writes:

@@ -33,7 +33,7 @@ from typing import Any
 import nats.js.errors
 import structlog
 
-from kairos.core.tasks import cancel_and_wait, spawn
+from kairos.core.tasks import cancel_and_wait, spawn, wait_event
 from kairos.scheduler.engine import NUM_SHARDS, SchedulerEngine
 from kairos.scheduler.state import LEASE_PREFIX, REPLICA_PREFIX, SchedulerState, iso
 
@@ -107,8 +107,7 @@ class ShardLeases:
                 await self.tick()
             except Exception:
                 log.exception("lease round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._renew_every)
+            await wait_event(self._stopping, self._renew_every)
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, then release extras or take free shards towards the fair share."""

@@ -37,6 +37,7 @@ from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
 from kairos.devtools.processes import ServiceProcesses
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
+from tests.benchmarks.procstat import cpu_seconds
 from tests.benchmarks.rawhttp import connect, read_response, request_bytes
 
 FIGURES = (
@@ -181,13 +182,6 @@ async def seed(nats_url: str, secret_key: str) -> tuple[str, bytes]:
         return webhook_id, key
     finally:
         await nc.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (Linux): per-request CPU is steadier than rates on a busy
-    machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:

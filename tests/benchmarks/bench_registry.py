@@ -15,7 +15,6 @@ machine moves much less than the rates: grpc.aio alone costs the health check's 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ from kairos.client import KairosClient, schedule_trigger
 from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.devtools.processes import ServiceProcesses
 from kairos.v1 import trigger_service_pb2, workspace_pb2, workspace_service_pb2
+from tests.benchmarks.procstat import cpu_seconds
 
 FIGURES = (
     "registry.get_trigger_per_s",
@@ -62,17 +62,11 @@ async def _spread(total: int, call) -> float:
     return total / (time.perf_counter() - started)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process `pid` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _spread_with_cpu(total: int, call, pid: int) -> tuple[float, float]:
     """`_spread`, and the registry's CPU microseconds per call meanwhile (steadier than the rate on a busy machine)."""
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     rate = await _spread(total, call)
-    return rate, (_cpu_seconds(pid) - before) * 1e6 / total
+    return rate, (cpu_seconds(pid) - before) * 1e6 / total
 
 
 async def _workspace(address: str, admin_key: str, workspace: str, max_schedule_triggers: int = 0) -> str:

@@ -32,7 +32,6 @@ from kairos.v1 import (
 )
 
 SERVICES = ("registry", "scheduler", "ingress", "executor")
-READY_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 30
 
 
@@ -75,8 +74,7 @@ async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
             for service in SERVICES:
                 database = f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}"
                 await launched.launch(service, env={"KAIROS_DATABASE_URL": database}, wait=False)
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.gather(*(process.wait_serving() for process in launched.launched.values()))
+            await launched.wait_serving()
             yield result
         finally:
             codes = await launched.stop_all()

@@ -34,7 +34,6 @@ from kairos.v1 import (
     workspace_service_pb2,
 )
 
-READY_TIMEOUT_S = 60
 REPLICAS = 3
 TRIGGERS = 6
 TAKEOVER_LIMIT = timedelta(seconds=10)
@@ -78,8 +77,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
                     env={**database("scheduler"), "KAIROS_SCHEDULER_REPLICA_ID": replica_id},
                     wait=False,
                 )
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.gather(*(process.wait_serving() for process in launched.launched.values()))
+            await launched.wait_serving()
             yield Cluster(nats_server.url, admin_key, launched, schedulers)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -28,3 +29,10 @@ async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
     for task in running:
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Waits until `event` is set or `timeout_s` has passed; whether it was set (a loop's stop or wake-up)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
+    return event.is_set()

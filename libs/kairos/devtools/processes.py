@@ -109,6 +109,10 @@ class ServiceProcesses:
         await process.start(wait=wait)
         return process
 
+    async def wait_serving(self) -> None:
+        """Waits until every launched process serves (each within READY_TIMEOUT_S): for launches with wait=False."""
+        await asyncio.gather(*(process.wait_serving() for process in self.launched.values()))
+
     async def stop_all(self) -> dict[str, int | None]:
         """Stops every process at once; each one's exit code by label."""
         codes = await asyncio.gather(*(process.stop() for process in self.launched.values()))
