@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import importlib
 import json
 import os
 import re
@@ -122,16 +124,19 @@ def _dev_secret_key(data_dir: Path) -> str:
 def _serve(args: argparse.Namespace) -> int:
     config = ServiceConfig.from_env()
     configure_logging(config.log_format, config.log_level)
-    if args.service in ("ingress", "scheduler"):
-        # The webhook endpoint's throughput and the scheduler's fire lag depend on the event loop
-        # (tests/benchmarks/bench_ingress.py, bench_scheduler.py); uvloop comes with uvicorn[standard] where the
-        # platform has it.
-        try:
-            import uvloop
-        except ImportError:
-            uvloop = None
-        if uvloop is not None:
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # Every service's speed depends on the event loop (tests/benchmarks/); uvloop comes with uvicorn[standard]
+    # where the platform has it.
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # The service's modules, imported now, live as long as the process: frozen out of the collector's generations,
+    # they are not walked again by the collections the short-lived objects of each request or run trigger.
+    importlib.import_module(SERVICE_MODULES[args.service])
+    gc.collect()
+    gc.freeze()
     asyncio.run(run_services([args.service], config))
     return 0
 
