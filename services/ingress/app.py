@@ -15,7 +15,14 @@ from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.runtime import Runtime
 from kairos.core.sealing import Sealer
 from kairos.core.tasks import spawn
-from kairos.ingress.endpoint import TriggerIndex, WebhookEndpoint, WebhookViews, build_app
+from kairos.ingress.endpoint import (
+    PUBLISH_ATTEMPTS,
+    PUBLISH_TIMEOUT_S,
+    TriggerIndex,
+    WebhookEndpoint,
+    WebhookViews,
+    build_app,
+)
 from kairos.ingress.events import EventConsumer, EventFirer, EventServicer, EventTypeCatalog
 from kairos.ingress.limits import RateLimiter
 from kairos.ingress.metrics import IngressMetrics
@@ -97,7 +104,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
 
     runtime.extras["ingress.webhooks"] = webhooks
     runtime.extras["ingress.triggers"] = triggers
-    publisher = JetStreamPublisher(runtime.nats)
+    publisher = JetStreamPublisher(runtime.nats, timeout=PUBLISH_TIMEOUT_S, attempts=PUBLISH_ATTEMPTS)
     await publisher.start()
     stack.push_async_callback(publisher.close)
     metrics = IngressMetrics()

@@ -14,6 +14,7 @@ import orjson
 import structlog
 from google.protobuf import json_format
 from nats.aio.client import Client as NatsClient
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 from kairos.core import messaging, secrets
 from kairos.core.feed import KvMirror
@@ -405,15 +406,13 @@ class WebhookEndpoint:
     async def _seen(self, key: str) -> str | None:
         """The event id a delivery with this key was accepted under, read from the deliveries bucket."""
         try:
-            reply = await self._publisher.request(
-                self._deliveries_get + key, timeout=PUBLISH_TIMEOUT_S, attempts=PUBLISH_ATTEMPTS
-            )
+            reply = await self._publisher.request(self._deliveries_get + key)
         except Exception as error:
             log.warning("webhook deliveries unreadable", error=str(error))
             raise unavailable() from error
         headers = reply.headers or {}
         status = headers.get("Status")
-        if status == "404" or headers.get("KV-Operation") in ("DEL", "PURGE"):
+        if status == "404" or headers.get(KV_OP) in (KV_DEL, KV_PURGE):
             return None
         if status:
             log.warning("webhook deliveries unreadable", status=status, description=headers.get("Description"))
@@ -432,8 +431,6 @@ class WebhookEndpoint:
                 payload,
                 msg_id=fire_id,
                 stream=messaging.FIRES_STREAM,
-                timeout=PUBLISH_TIMEOUT_S,
-                attempts=PUBLISH_ATTEMPTS,
             )
         except Exception as error:
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))

@@ -319,8 +319,8 @@ class SchedulerEngine:
             )
             chosen = [to_micros(instant) for instant in chosen_times]
             due = chosen + late
-            if skipped:
-                self._skip(key, tracked, [instant for instant in earlier if instant not in chosen])
+            if skipped:  # the chosen instants are the newest of `earlier`
+                self._skip(key, tracked, earlier[:skipped])
         tracked.generation = next(self._generations)
         tracked.next_fire = self._next_after(tracked.schedule, max(now, since))
         for instant in due:
@@ -352,7 +352,7 @@ class SchedulerEngine:
         # The first event emitted also stands for the older instants not emitted one by one.
         counts = [len(skipped) - len(emitted) + 1] + [1] * (len(emitted) - 1)
         for instant, count in zip(emitted, counts, strict=True):
-            skipped_fire = fire_id(tracked.name, from_micros(instant))
+            skipped_fire = self._fire_id(tracked.name, instant)
             event = run_pb2.TraceEvent(
                 id=f"{skipped_fire}/trigger.skipped",
                 type="trigger.skipped",
@@ -413,7 +413,7 @@ class SchedulerEngine:
         The ack arrives in `_acknowledged`; a fire JetStream does not acknowledge (after `PUBLISH_ATTEMPTS`
         attempts of `ACK_TIMEOUT_S`) is re-planned a second later, as long as this replica still plans it.
         """
-        fire = fire_pb2.FireRequest(fire_id=f"{tracked.name}@{self._instant_text(instant)}")
+        fire = fire_pb2.FireRequest(fire_id=self._fire_id(tracked.name, instant))
         seconds, micros = divmod(instant, 1_000_000)
         fire.scheduled_time.seconds = seconds
         fire.scheduled_time.nanos = micros * 1000
@@ -435,6 +435,10 @@ class SchedulerEngine:
             functools.partial(self._acknowledged, key, tracked, tracked.generation, instant, publish_at)
         )
 
+    def _fire_id(self, trigger_name: str, instant: int) -> str:
+        """`fire_id` for an instant in Unix microseconds, its text memoised."""
+        return f"{trigger_name}@{self._instant_text(instant)}"
+
     def _instant_text(self, instant: int) -> str:
         """The ISO text of a fire instant, memoised: many triggers fire at the same instants."""
         text = self._instant_texts.get(instant)
@@ -451,12 +455,12 @@ class SchedulerEngine:
         error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
             log.warning(
-                "fire not acknowledged; retrying", fire_id=fire_id(tracked.name, from_micros(instant)), error=str(error)
+                "fire not acknowledged; retrying", fire_id=self._fire_id(tracked.name, instant), error=str(error)
             )
             self._retry(key, generation, instant)
             return
         if future.result().duplicate:
-            log.info("fire was already published", fire_id=fire_id(tracked.name, from_micros(instant)))
+            log.info("fire was already published", fire_id=self._fire_id(tracked.name, instant))
         self._lags_ms.append((now_us() - publish_at) / 1000)
         self.fires_published += 1
         triggers = self._progress.get(tracked.shard)

@@ -31,9 +31,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import hpub_cmd, pub_cmd
 
+from kairos.core.messaging import MSG_ID_HEADER
 from kairos.core.tasks import spawn
 
-MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_ATTEMPTS = 3
