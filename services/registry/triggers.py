@@ -144,12 +144,8 @@ class TriggerRegistry:
         workspace = connection.execute(WORKSPACE_QUOTA, {"workspace_id": workspace_id}).first()
         if workspace is None:
             raise not_found(f"workspaces/{workspace_id}")
-        if kind == Kind.SOURCE_KIND_SCHEDULE:
-            count, limit = workspace.schedule_trigger_count, workspace.max_schedule_triggers
-            limit, label = limit or DEFAULT_MAX_SCHEDULE_TRIGGERS, "schedule"
-        else:
-            count, limit = workspace.webhook_event_trigger_count, workspace.max_webhook_event_triggers
-            limit, label = limit or DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS, "webhook_event"
+        count_column, limit_column, default, label = QUOTA_COLUMNS[kind]
+        count, limit = getattr(workspace, count_column), getattr(workspace, limit_column) or default
         raise KairosError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "TRIGGER_LIMIT_EXCEEDED",
@@ -353,7 +349,7 @@ class TriggerRegistry:
         for webhook_id in webhook_ids:
             outbox.stage(session, outbox.WEBHOOKS, webhook_id, None)
         outbox.stage(session, outbox.TRIGGERS, feed_key(row.workspace_id, row.id), None)
-        _count_change(session, row.workspace_id, row.source_kind, -1)
+        session.connection().execute(RELEASE_SLOT[row.source_kind], {"workspace_id": row.workspace_id})
         session.delete(row)
         session.commit()
 
@@ -408,39 +404,46 @@ class TriggerRegistry:
         return _take(heapq.merge(*streams, key=lambda item: item[0]), count)
 
 
+# Per source kind: the workspace's count column, its limit column, the limit when that is 0, and the quota's name.
 QUOTA_COLUMNS = {
-    Kind.SOURCE_KIND_SCHEDULE: ("schedule_trigger_count", "max_schedule_triggers", DEFAULT_MAX_SCHEDULE_TRIGGERS),
+    Kind.SOURCE_KIND_SCHEDULE: (
+        "schedule_trigger_count",
+        "max_schedule_triggers",
+        DEFAULT_MAX_SCHEDULE_TRIGGERS,
+        "schedule",
+    ),
     Kind.SOURCE_KIND_WEBHOOK: (
         "webhook_event_trigger_count",
         "max_webhook_event_triggers",
         DEFAULT_MAX_WEBHOOK_EVENT_TRIGGERS,
+        "webhook_event",
     ),
 }
 QUOTA_COLUMNS[Kind.SOURCE_KIND_EVENT] = QUOTA_COLUMNS[Kind.SOURCE_KIND_WEBHOOK]
 
 
-def _count_update(kind: int, *, below_limit: bool):
-    """UPDATE of the workspace's count for `kind`'s quota by :change; with `below_limit`, by one and only while the
-    count is below the limit (0 means the default). One conditional UPDATE takes the slot atomically: on PostgreSQL
-    a concurrent create waits for the row and re-checks the condition, so two never both take the last slot; SQLite
-    runs one writer at a time."""
+def _take_slot(kind: int):
+    """UPDATE adding one to the workspace's count for `kind`'s quota only while it is below the limit. One
+    conditional UPDATE takes the slot atomically: on PostgreSQL a concurrent create waits for the row and re-checks
+    the condition, so two never both take the last slot; SQLite runs one writer at a time."""
     table = WorkspaceRow.__table__
-    count_column, limit_column, default = QUOTA_COLUMNS[kind]
+    count_column, limit_column, default, _ = QUOTA_COLUMNS[kind]
     count = table.c[count_column]
-    statement = update(table).where(table.c.id == bindparam("workspace_id"))
-    if below_limit:
-        limit = func.coalesce(func.nullif(table.c[limit_column], 0), default)
-        return statement.where(count < limit).values({count_column: count + 1})
-    return statement.values({count_column: count + bindparam("change")})
+    limit = func.coalesce(func.nullif(table.c[limit_column], 0), default)
+    return update(table).where(table.c.id == bindparam("workspace_id"), count < limit).values({count_column: count + 1})
 
 
-TAKE_SLOT = {kind: _count_update(kind, below_limit=True) for kind in QUOTA_COLUMNS}
-COUNT_UPDATES = {kind: _count_update(kind, below_limit=False) for kind in QUOTA_COLUMNS}
+def _release_slot(kind: int):
+    """UPDATE taking one from the workspace's count for `kind`'s quota (a trigger is deleted)."""
+    table = WorkspaceRow.__table__
+    count_column = QUOTA_COLUMNS[kind][0]
+    return (
+        update(table).where(table.c.id == bindparam("workspace_id")).values({count_column: table.c[count_column] - 1})
+    )
 
 
-def _count_change(session: Session, workspace_id: str, kind: int, change: int) -> None:
-    """Moves the workspace's count of triggers under `kind`'s quota by `change`."""
-    session.connection().execute(COUNT_UPDATES[kind], {"workspace_id": workspace_id, "change": change})
+TAKE_SLOT = {kind: _take_slot(kind) for kind in QUOTA_COLUMNS}
+RELEASE_SLOT = {kind: _release_slot(kind) for kind in QUOTA_COLUMNS}
 
 
 def _counters(stats: TriggerStatsRow | None) -> tuple | None:
