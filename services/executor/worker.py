@@ -244,16 +244,14 @@ class FireWorker:
         row, ended = await self._store.cancel(name, describe)
         if ended:
             await self._nc.publish(CANCEL_SUBJECT, row.id.encode())
-        await self._publish(events, self._current_notify_url(_trigger_of(row)))
+        # A cancel has no fire (nor its snapshot) at hand: the notify_url is the one the trigger has now.
+        record = self._trigger_record(row.workspace_id, row.trigger_id)
+        await self._publish(events, record.policies.notify_url if record is not None else "")
         return row
 
-    def _current_notify_url(self, trigger_name: str) -> str:
-        """The trigger's notify_url as the change feed has it now: a cancel has no fire (and its snapshot) at hand."""
-        if self._triggers is None:
-            return ""
-        trigger = parsed_trigger(trigger_name)
-        record = self._triggers.cached(f"{trigger.workspace}.{trigger.trigger}")
-        return record.policies.notify_url if record is not None else ""
+    def _trigger_record(self, workspace: str, trigger_id: str) -> trigger_pb2.Trigger | None:
+        """The trigger as the registry's change feed has it now, if this executor follows the feed and has it."""
+        return None if self._triggers is None else self._triggers.cached(f"{workspace}.{trigger_id}")
 
     async def _on_cancel(self, message: Msg) -> None:
         attempt = self._attempts.get(message.data.decode())
@@ -327,10 +325,10 @@ class FireWorker:
 
     def _paused(self, fire: fire_pb2.FireRequest) -> bool:
         """Whether the trigger is paused in the registry's change feed; a manual fire (FireTrigger) still runs."""
-        if self._triggers is None or fire.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_MANUAL:
+        if fire.trigger_type == run_pb2.TriggerType.TRIGGER_TYPE_MANUAL:
             return False
         trigger = parsed_trigger(fire.trigger)
-        record = self._triggers.cached(f"{trigger.workspace}.{trigger.trigger}")
+        record = self._trigger_record(trigger.workspace, trigger.trigger)
         return record is not None and record.state == trigger_pb2.TriggerState.TRIGGER_STATE_PAUSED
 
     async def _execute(self, message: Msg, fire: fire_pb2.FireRequest) -> None:
