@@ -18,7 +18,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 from kairos.core import messaging, secrets
 from kairos.core.feed import KvMirror
-from kairos.core.jetstream import JetStreamPublisher
+from kairos.core.jetstream import JetStreamPublisher, PayloadTooLargeError
 from kairos.core.names import RESOURCE_ID, new_id, parse_trigger
 from kairos.ingress.asgi import Answer, App, BodyTooLarge, Request, Routes, json_answer
 from kairos.ingress.limits import RateLimiter
@@ -420,18 +420,12 @@ class WebhookEndpoint:
         return reply.data.decode() or None
 
     async def _publish(self, subject: str, payload: bytes, fire_id: str) -> None:
-        if len(payload) > self._nc.max_payload:
-            # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; a retry
-            # would fail the same way, so this is no 503.
-            raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body")
         started = time.perf_counter()
         try:
-            await self._publisher.publish(
-                subject,
-                payload,
-                msg_id=fire_id,
-                stream=messaging.FIRES_STREAM,
-            )
+            await self._publisher.publish(subject, payload, msg_id=fire_id, stream=messaging.FIRES_STREAM)
+        except PayloadTooLargeError as error:
+            # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; no 503.
+            raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body") from error
         except Exception as error:
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))
             raise unavailable() from error

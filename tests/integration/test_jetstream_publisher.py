@@ -18,6 +18,7 @@ from kairos.core.jetstream import (
     JetStreamPublisher,
     JetStreamPublishError,
     NoStreamError,
+    PayloadTooLargeError,
     PubAck,
     PublisherClosedError,
     PublishTimeoutError,
@@ -237,7 +238,7 @@ async def test_what_would_break_the_protocol_is_refused(publisher, subject, head
 
 
 async def test_payload_over_the_server_limit_is_refused(nc, publisher) -> None:
-    with pytest.raises(JetStreamPublishError, match="exceeds"):
+    with pytest.raises(PayloadTooLargeError, match="exceeds"):
         await publisher.submit("pubtest.big", b"x" * (nc.max_payload + 1))
 
 

@@ -77,6 +77,10 @@ class PublisherClosedError(JetStreamPublishError):
     """The publisher was closed before the ack arrived."""
 
 
+class PayloadTooLargeError(JetStreamPublishError):
+    """The message is larger than the server's max payload: permanent, a retry fails the same way."""
+
+
 class _Pending:
     """One publish waiting for its ack (or, when `raw`, one request waiting for its reply message): the whole
     protocol command, sent again as is on a retry."""
@@ -191,7 +195,7 @@ class JetStreamPublisher:
         if not subject or _WHITESPACE.search(subject):
             raise ValueError(f"invalid NATS subject {subject!r}")
         if len(payload) > self._nc.max_payload:
-            raise JetStreamPublishError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
+            raise PayloadTooLargeError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
         if msg_id is not None or stream is not None:
             headers = dict(headers or {})
             if msg_id is not None:
