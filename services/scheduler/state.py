@@ -1,7 +1,7 @@
 """What the scheduler keeps in the `kairos_scheduler` KV bucket, and a live view of it.
 
 Keys:
-    `_progress.<shard>`       progress of the triggers of one shard, written by its holder at most once a second:
+    `_progress.<shard>`       progress of the triggers of one shard, written by its holder about once a second:
                               `{"v": 1, "triggers": {"<workspace>.<trigger>": [last fired, skipped]}}`, the last
                               instant fired (acknowledged by JetStream) in Unix microseconds (null if none yet) and
                               the count of missed fires the catch-up policy skipped
@@ -11,7 +11,8 @@ Keys:
 
 Every replica watches the whole bucket, so it knows every trigger's progress before it takes over a shard,
 and sees the leases and heartbeats of the others. Values are JSON documents. `read_progress` reads one
-trigger's progress (for the registry, which reports the skipped count on the trigger).
+trigger's progress straight from the bucket (tests check the saved progress with it; the registry counts
+skipped fires from the `trigger.skipped` trace events instead).
 """
 
 from __future__ import annotations
