@@ -272,7 +272,7 @@ class RunStore:
             duration_ms=0,
             input_json=json.dumps(run_input),
             output_json="null",
-            payload_json=json.dumps(value_to_python(fire.payload)),
+            payload_json=fire.payload_json.decode() if fire.payload_json else json.dumps(value_to_python(fire.payload)),
             error_message="",
             agent=fire.action.agent,
             agent_version=fire.action.agent_version,

@@ -100,7 +100,7 @@ def envelope(fire: fire_pb2.FireRequest, run: str, attempt: int, run_input_: dic
         "agent": fire.action.agent,
         "agent_version": AGENT_VERSIONS.get(fire.action.agent_version, "stable"),
         "input": run_input_,
-        "payload": value_to_python(fire.payload),
+        "payload": json.loads(fire.payload_json) if fire.payload_json else value_to_python(fire.payload),
     }
     if fire.webhook:
         document["webhook"] = fire.webhook

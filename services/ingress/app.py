@@ -29,8 +29,6 @@ from kairos.ingress.metrics import IngressMetrics
 from kairos.ingress.signatures import SigningKeys
 from kairos.v1 import event_service_pb2_grpc, feed_pb2, trigger_pb2
 
-DELIVERY_MEMORY_S = 24 * 3600.0
-
 
 class EmbeddedServer(uvicorn.Server):
     """uvicorn inside our event loop: signals belong to the process runtime, not to uvicorn."""
@@ -93,9 +91,6 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     )
     triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(
         runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_index.on_change
-    )
-    await messaging.ensure_key_value(
-        runtime.js, messaging.WEBHOOK_DELIVERIES_BUCKET, ttl=DELIVERY_MEMORY_S, direct=True
     )
     catalog = EventTypeCatalog(await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET))
     for mirror in (webhooks, triggers, catalog.mirror):

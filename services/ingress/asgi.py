@@ -49,7 +49,11 @@ class Request:
         self._receive = receive
 
     async def body(self, limit: int) -> bytes:
-        """The whole body; raises BodyTooLarge as soon as more than `limit` bytes arrived."""
+        """The whole body; raises BodyTooLarge when Content-Length declares more than `limit` bytes, or as soon as
+        more than `limit` bytes arrived."""
+        declared = self.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge
         chunks, size = [], 0
         while True:
             message = await self._receive()
@@ -83,17 +87,22 @@ class Routes:
 
     def __init__(self) -> None:
         self._static: dict[str, dict[str, Handler]] = {}
-        # (segments before the parameter, segments after it) -> handlers by method
-        self._patterns: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, Handler]] = {}
+        # segment count -> (segments before the parameter, segments after it, handlers by method)
+        self._patterns: dict[int, list[tuple[list[str], list[str], dict[str, Handler]]]] = {}
 
     def add(self, methods: tuple[str, ...], path: str, handler: Handler) -> None:
-        segments = tuple(path.strip("/").split("/"))
+        segments = path.strip("/").split("/")
         params = [index for index, segment in enumerate(segments) if segment.startswith("{")]
         if len(params) > 1:
             raise ValueError(f"route {path!r} has more than one parameter")
         if params:
             index = params[0]
-            by_method = self._patterns.setdefault((segments[:index], segments[index + 1 :]), {})
+            before, after = segments[:index], segments[index + 1 :]
+            candidates = self._patterns.setdefault(len(segments), [])
+            by_method = next((found for b, a, found in candidates if (b, a) == (before, after)), None)
+            if by_method is None:
+                by_method = {}
+                candidates.append((before, after, by_method))
         else:
             by_method = self._static.setdefault(path, {})
         for method in methods:
@@ -104,10 +113,11 @@ class Routes:
         static = self._static.get(path)
         if static is not None:
             return static, ""
-        segments = tuple(path.strip("/").split("/"))
-        for index, value in enumerate(segments):
-            by_method = self._patterns.get((segments[:index], segments[index + 1 :]))
-            if by_method is not None and value:
+        segments = path.strip("/").split("/")
+        for before, after, by_method in self._patterns.get(len(segments), ()):
+            index = len(before)
+            value = segments[index]
+            if value and segments[:index] == before and segments[index + 1 :] == after:
                 return by_method, value
         return None
 

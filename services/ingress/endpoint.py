@@ -1,7 +1,9 @@
 """The webhook HTTP endpoint. A request is answered 202 only after JetStream acknowledged its fire; when
 NATS cannot take it the answer is 503 with Retry-After, so the sender retries and nothing accepted is lost.
-A delivery repeated with the same `webhook-id` (or `Idempotency-Key`) within 24 hours is answered with the
-original event id and fires nothing. Every error is a JSON body `{"error": <code>, "message": <text>}`."""
+A delivery repeated with the same `webhook-id` (or `Idempotency-Key`) is answered with the original event id
+and fires nothing: its fire is published on a subject of its own with `Nats-Expected-Last-Subject-Sequence: 0`,
+so JetStream stores it at most once for as long as KAIROS_FIRES keeps it.
+Every error is a JSON body `{"error": <code>, "message": <text>}`."""
 
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ from typing import Any
 
 import orjson
 import structlog
-from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
-from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 from kairos.core import messaging, secrets
 from kairos.core.feed import KvMirror
-from kairos.core.jetstream import JetStreamPublisher, PayloadTooLargeError
+from kairos.core.jetstream import (
+    EXPECTED_STREAM_HEADER,
+    JetStreamPublisher,
+    JetStreamPublishError,
+    PayloadTooLargeError,
+)
 from kairos.core.names import RESOURCE_ID, new_id, parse_trigger
 from kairos.ingress.asgi import Answer, App, BodyTooLarge, Request, Routes, json_answer
 from kairos.ingress.limits import RateLimiter
@@ -36,6 +42,10 @@ RETRY_AFTER_S = b"5"
 # A sender waits at most PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS for its answer when JetStream is slow to ack.
 PUBLISH_TIMEOUT_S = 2.5
 PUBLISH_ATTEMPTS = 2
+# A keyed delivery's fire is stored only while its subject holds nothing: JetStream refuses a repeat with
+# "wrong last sequence" (API error code 10071), whoever sends it and however late.
+FIRST_ON_SUBJECT = {"Nats-Expected-Last-Subject-Sequence": "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
+WRONG_LAST_SEQUENCE = 10071
 # Enum values as module constants: each `EnumType.NAME` lookup goes through a Python __getattr__ (~5 µs).
 SHARED_SECRET_HEADER = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER
 STANDARD_WEBHOOKS = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS
@@ -55,10 +65,6 @@ def unavailable() -> Rejection:
     return Rejection(
         503, "unavailable", "the event could not be stored; retry later", ((b"retry-after", RETRY_AFTER_S),)
     )
-
-
-def body_too_large(limit: int) -> Rejection:
-    return Rejection(413, "body_too_large", f"the body must be at most {limit} bytes")
 
 
 def event_type_of(body: Any) -> str:
@@ -108,9 +114,9 @@ def token_matches(record: feed_pb2.WebhookRecord, presented: str, now_seconds: f
     return valid
 
 
-def delivery_key(webhook_id: str, sender_key: str) -> str:
-    """The deliveries-bucket key of one delivery: KV keys allow few characters, so the sender's key is hashed."""
-    return f"{webhook_id}.{hashlib.sha256(sender_key.encode()).hexdigest()[:40]}"
+def delivery_token(webhook_id: str, sender_key: str) -> str:
+    """The subject token of one keyed delivery: subjects allow few characters, so the sender's key is hashed."""
+    return hashlib.sha256(f"{webhook_id}\n{sender_key}".encode()).hexdigest()[:40]
 
 
 class TriggerIndex:
@@ -178,15 +184,14 @@ class WebhookView:
             trigger_revision=trigger.revision,
         ).SerializeToString()
 
-    def fire(self, event_id: str, event_type: str, body: Any) -> tuple[str, bytes]:
-        """The fire id and serialized FireRequest of one accepted request."""
+    def fire(self, event_id: str, event_type: str, raw: bytes, body: Any) -> tuple[str, bytes]:
+        """The fire id and serialized FireRequest of one accepted request: `raw` is the body as sent, `body` the
+        same parsed."""
         fire_id = self.fire_id_prefix + event_id
-        fields = fire_pb2.FireRequest(fire_id=fire_id, event_type=event_type)
-        fields.fire_time.seconds, fields.fire_time.nanos = divmod(time.time_ns(), 1_000_000_000)
-        if isinstance(body, dict):
-            fields.payload.struct_value.update(body)  # three times faster than json_format for the common case
-        else:
-            json_format.ParseDict(body, fields.payload)
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        fields = fire_pb2.FireRequest(
+            fire_id=fire_id, event_type=event_type, payload_json=raw, fire_time=Timestamp(seconds=seconds, nanos=nanos)
+        )
         overrides = mapped_fields(body, self.field_mapping) if self.field_mapping else None
         if overrides:
             fields.input_overrides.update(overrides)
@@ -235,8 +240,6 @@ class WebhookEndpoint:
         self._publisher = publisher
         self._webhooks = webhooks
         self._triggers = triggers
-        self._deliveries_prefix = f"$KV.{messaging.WEBHOOK_DELIVERIES_BUCKET}."
-        self._deliveries_get = f"$JS.API.DIRECT.GET.KV_{messaging.WEBHOOK_DELIVERIES_BUCKET}.{self._deliveries_prefix}"
         self._signing_keys = signing_keys
         self._limiter = limiter
         self._metrics = metrics
@@ -308,15 +311,6 @@ class WebhookEndpoint:
                 return webhook_id, record
         raise Rejection(401, "invalid_credentials", "the secret matches no X-Trigger-Secret webhook of this trigger")
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self._max_body:
-            raise body_too_large(self._max_body)
-        try:
-            return await request.body(self._max_body)
-        except BodyTooLarge:
-            raise body_too_large(self._max_body) from None
-
     def _authenticate_token(self, record: feed_pb2.WebhookRecord, headers: dict[str, str], now: float) -> None:
         presented = _token(record, headers)
         if presented is None:
@@ -349,7 +343,10 @@ class WebhookEndpoint:
                 raise Rejection(401, error.error, error.message) from None
         elif not authenticated:
             self._authenticate_token(record, headers, now)
-        raw = await self._read_body(request)
+        try:
+            raw = await request.body(self._max_body)
+        except BodyTooLarge:
+            raise Rejection(413, "body_too_large", f"the body must be at most {self._max_body} bytes") from None
         if signature is not None:
             message_id, timestamp, signature_header = signature
             try:
@@ -386,50 +383,33 @@ class WebhookEndpoint:
         if not self._nc.is_connected:
             raise unavailable()
 
-        sender_key = headers.get("webhook-id") or headers.get("idempotency-key") or ""
-        sender_key = sender_key[:MAX_SENDER_KEY_CHARS]
-        seen_key = delivery_key(webhook_id, sender_key) if sender_key else ""
-        if seen_key:
-            original = await self._seen(seen_key)
-            if original is not None:
-                self._metrics.deduplicated.inc()
-                return _accepted(original)
+        sender_key = (headers.get("webhook-id") or headers.get("idempotency-key") or "")[:MAX_SENDER_KEY_CHARS]
         event_id = sender_key or new_id("evt")
-        fire_id, fire = template.fire(event_id, event_type, body)
-        await self._publish(template.subject, fire, fire_id)
-        if seen_key:
-            # Remembered without waiting: a retry racing this write has the same fire id, which JetStream's
-            # duplicate window (10 minutes) and the run's unique fire id already stop.
-            await self._nc.publish(self._deliveries_prefix + seen_key, event_id.encode())
+        fire_id, fire = template.fire(event_id, event_type, raw, body)
+        if sender_key:
+            subject = f"{template.subject}.{delivery_token(webhook_id, sender_key)}"
+            stored = await self._publish(subject, fire, headers=FIRST_ON_SUBJECT)
+        else:
+            stored = await self._publish(template.subject, fire, msg_id=fire_id, stream=messaging.FIRES_STREAM)
+        if not stored:
+            self._metrics.repeated_delivery()
         return _accepted(event_id)
 
-    async def _seen(self, key: str) -> str | None:
-        """The event id a delivery with this key was accepted under, read from the deliveries bucket."""
-        try:
-            reply = await self._publisher.request(self._deliveries_get + key)
-        except Exception as error:
-            log.warning("webhook deliveries unreadable", error=str(error))
-            raise unavailable() from error
-        headers = reply.headers or {}
-        status = headers.get("Status")
-        if status == "404" or headers.get(KV_OP) in (KV_DEL, KV_PURGE):
-            return None
-        if status:
-            log.warning("webhook deliveries unreadable", status=status, description=headers.get("Description"))
-            raise unavailable()
-        return reply.data.decode() or None
-
-    async def _publish(self, subject: str, payload: bytes, fire_id: str) -> None:
+    async def _publish(self, subject: str, payload: bytes, **options: Any) -> bool:
+        """Publishes a fire; False when JetStream already holds it (a repeated delivery)."""
         started = time.perf_counter()
         try:
-            await self._publisher.publish(subject, payload, msg_id=fire_id, stream=messaging.FIRES_STREAM)
+            ack = await self._publisher.publish(subject, payload, **options)
         except PayloadTooLargeError as error:
             # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; no 503.
             raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body") from error
         except Exception as error:
+            if isinstance(error, JetStreamPublishError) and error.err_code == WRONG_LAST_SEQUENCE:
+                return False
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))
             raise unavailable() from error
-        self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        self._metrics.published(time.perf_counter() - started)
+        return not ack.duplicate
 
 
 def _accepted(event_id: str) -> Answer:

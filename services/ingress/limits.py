@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from kairos.v1 import webhook_pb2
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     updated: float

@@ -5,7 +5,6 @@ Signing keys arrive sealed in the change feed and are opened once per credential
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -32,11 +31,14 @@ class SignatureError(Exception):
 
 def signed_headers(headers: Mapping[str, str], now_seconds: float, tolerance_s: float) -> tuple[str, str, str]:
     """The (id, timestamp, signature) headers, checked for presence and freshness before the body is read."""
-    values = [headers.get(name, "") for name in SIGNATURE_HEADERS]
-    missing = [name for name, value in zip(SIGNATURE_HEADERS, values, strict=True) if not value]
-    if missing:
-        raise SignatureError("missing_signature_headers", f"send the Standard Webhooks headers {', '.join(missing)}")
-    message_id, timestamp, signature = values
+    message_id, timestamp, signature = (
+        headers.get("webhook-id"),
+        headers.get("webhook-timestamp"),
+        headers.get("webhook-signature"),
+    )
+    if not (message_id and timestamp and signature):
+        missing = ", ".join(name for name in SIGNATURE_HEADERS if not headers.get(name))
+        raise SignatureError("missing_signature_headers", f"send the Standard Webhooks headers {missing}")
     if not timestamp.isdigit() or len(timestamp) > 12:
         raise SignatureError("invalid_timestamp", "webhook-timestamp must be whole seconds since the Unix epoch")
     if abs(now_seconds - int(timestamp)) > tolerance_s:
@@ -54,7 +56,7 @@ def presented_signatures(header: str) -> list[bytes]:
         if version != "v1" or not encoded:
             continue
         try:
-            signatures.append(base64.b64decode(encoded, validate=True))
+            signatures.append(binascii.a2b_base64(encoded, strict_mode=True))
         except (binascii.Error, ValueError):
             continue
     return signatures

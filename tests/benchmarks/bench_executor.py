@@ -119,7 +119,7 @@ async def _publish_fire(
         policies=trigger_pb2.Policies(overlap=trigger_pb2.OverlapPolicy.OVERLAP_POLICY_ALLOW),
     )
     if payload is not None:
-        fire.payload.struct_value.update(payload)
+        fire.payload_json = json.dumps(payload).encode()  # as the ingress sends a webhook body
     fire.fire_time.GetCurrentTime()
     await messaging.publish_fire(js, messaging.fire_subject(WORKSPACE, trigger), fire.SerializeToString(), fire_id)
 

@@ -13,7 +13,6 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from kairos.core import messaging
 from kairos.core.jetstream import (
     JetStreamPublisher,
     JetStreamPublishError,
@@ -81,23 +80,6 @@ async def test_many_in_flight_beyond_the_window_all_acknowledged_in_order(nc, st
     assert [ack.seq for ack in acks] == list(range(1, count + 1))
     assert publisher.in_flight == 0
     assert (await nc.jetstream().stream_info(name)).state.messages == count
-
-
-async def test_request_returns_the_raw_reply_of_a_kv_direct_get(nc, publisher) -> None:
-    bucket = f"pubtest_{uuid.uuid4().hex[:12]}"
-    js = nc.jetstream()
-    kv = await messaging.ensure_key_value(js, bucket, direct=True)
-    try:
-        await kv.put("present", b"value")
-        direct_get = f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."
-        async with asyncio.timeout(WAIT_S):
-            found = await publisher.request(direct_get + "present")
-            missing = await publisher.request(direct_get + "absent")
-        assert found.data == b"value" and not found.headers.get("Status")
-        assert missing.headers["Status"] == "404" and not missing.data
-        assert publisher.in_flight == 0
-    finally:
-        await js.delete_key_value(bucket)
 
 
 async def test_subject_no_stream_captures_fails_with_no_stream(publisher) -> None:

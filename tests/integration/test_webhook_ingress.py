@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from kairos.client import KairosClient, webhook_trigger
 from kairos.core import messaging
 from kairos.devtools.suite import traces_of
+from kairos.ingress.endpoint import delivery_token
 from kairos.v1 import (
     run_pb2,
     run_service_pb2,
@@ -112,10 +113,14 @@ async def test_accepted_webhook_runs_once_per_delivery(suite) -> None:
         assert json_format.MessageToDict(newest.input)["phone_to"] == "+15550199"
         started = [e for e in traces.events if e.fire_id == fire_id and e.type == "run.started"]
         assert len(started) == 1
-        # the repeat was not even stored: JetStream de-duplicated it by its fire id
+        # the repeat was not even stored: the keyed delivery's subject already held its fire; the unkeyed one is
+        # on the trigger's subject
         subject = messaging.fire_subject("crm", trigger.name.rsplit("/", 1)[1])
+        keyed = f"{subject}.{delivery_token(webhook_id, 'delivery-1')}"
+        stream = await traces.nc.jetstream().stream_info(messaging.FIRES_STREAM, subjects_filter=f"{subject}.>")
+        assert stream.state.subjects == {keyed: 1}
         stream = await traces.nc.jetstream().stream_info(messaging.FIRES_STREAM, subjects_filter=subject)
-        assert stream.state.subjects == {subject: 2}
+        assert stream.state.subjects == {subject: 1}
 
 
 async def test_refused_requests(suite) -> None:

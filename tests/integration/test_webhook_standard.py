@@ -1,5 +1,5 @@
 """The ingress alone on its own nats-server, its change feed seeded directly (as the registry would publish it):
-Standard Webhooks signatures made by the reference library, 24-hour de-duplication, rate limits, the
+Standard Webhooks signatures made by the reference library, de-duplication of repeated deliveries, rate limits, the
 `/triggers/{id}/webhook` alias, Prometheus metrics, and what happens when NATS goes away.
 
 Fires are observed on NATS itself: a plain subscription on `kairos.fire.<workspace>.>` sees every publish,
@@ -33,7 +33,7 @@ from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.core.runtime import Runtime, run_services
 from kairos.core.sealing import Sealer
-from kairos.ingress.endpoint import delivery_key
+from kairos.ingress.endpoint import delivery_token
 from kairos.v1 import feed_pb2, fire_pb2, run_pb2, trigger_pb2, webhook_pb2
 
 WAIT_S = 10.0
@@ -196,10 +196,7 @@ async def test_standard_webhooks_signatures(ingress: Ingress) -> None:
         assert accepted.json() == {"event_id": "msg_1", "status": "accepted"}
         fire = await fires.wait_for(f"{trigger.name.split('/triggers/')[0]}/webhooks/{webhook_id}@msg_1")
         assert fire.event_type == "invoice.paid" and fire.trigger == trigger.name
-        assert json_format.MessageToDict(fire.payload) == {
-            "type": "invoice.paid",
-            "data": {"email": "ada@example.com", "amount": 12},
-        }
+        assert fire.payload_json == body  # the body exactly as signed
         assert json_format.MessageToDict(fire.input_overrides) == {"email": "ada@example.com"}
 
         # refusals: each a 401 naming the problem, none a fire
@@ -220,7 +217,7 @@ async def test_standard_webhooks_signatures(ingress: Ingress) -> None:
         response = await ingress.http.post(url, content=listed, headers=signed(secret, listed, "msg_4"))
         assert response.status_code == 202, response.text
         fire = await fires.wait_for(f"{trigger.name.split('/triggers/')[0]}/webhooks/{webhook_id}@msg_4")
-        assert json_format.MessageToDict(fire.payload) == [{"type": "invoice.paid"}, 2] and not fire.event_type
+        assert fire.payload_json == listed and not fire.event_type
         # a bearer token is no way into a signed webhook
         bearer = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
         refused(await ingress.http.post(url, content=body, headers=bearer), 401, "missing_signature_headers")
@@ -253,36 +250,36 @@ async def test_standard_webhooks_signatures(ingress: Ingress) -> None:
     assert await ingress.metric("kairos_ingress_publish_seconds_count") == 3
 
 
-async def test_repeated_deliveries_fire_once(ingress: Ingress) -> None:
+async def test_repeated_deliveries_are_stored_once(ingress: Ingress) -> None:
     trigger = await ingress.add_trigger("dedup")
     webhook_id, secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER)
     url = f"{ingress.base}/hooks/{webhook_id}"
     name = f"workspaces/dedup/webhooks/{webhook_id}"
     auth = {"X-Trigger-Secret": secret}
-    async with ingress.fires("dedup") as fires:
-        first = await ingress.http.post(url, json={"type": "a"}, headers=auth | {"Idempotency-Key": "order-17"})
-        assert first.json() == {"event_id": "order-17", "status": "accepted"}
-        await fires.wait_for(f"{name}@order-17")
-        deliveries = await ingress.runtime.js.key_value(messaging.WEBHOOK_DELIVERIES_BUCKET)
 
-        watcher = await deliveries.watch(delivery_key(webhook_id, "order-17"))
-        async with asyncio.timeout(WAIT_S):
-            async for entry in watcher:
-                if entry is not None and entry.value == b"order-17":
-                    break
-        await watcher.stop()
-        # the retry (even with another body) is answered with the original event id and not published at all:
-        # a later, distinct delivery arrives on the subscription with no copy of the first before it
-        again = await ingress.http.post(url, json={"type": "b"}, headers=auth | {"Idempotency-Key": "order-17"})
-        assert again.status_code == 202 and again.json() == {"event_id": "order-17", "status": "accepted"}
-        later = await ingress.http.post(url, json={"type": "c"}, headers=auth | {"webhook-id": "order-18"})
-        assert later.status_code == 202
-        await fires.wait_for(f"{name}@order-18")
-        assert fires.ids() == [f"{name}@order-17", f"{name}@order-18"]
-        # the bucket forgets after 24 hours
-        status = await deliveries.status()
-        assert status.ttl == pytest.approx(24 * 3600)
-    assert await ingress.metric("kairos_ingress_deduplicated_total") == 1
+    async def deliver(body: dict, key: dict) -> dict:
+        response = await ingress.http.post(url, json=body, headers=auth | key)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    first = await deliver({"type": "a"}, {"Idempotency-Key": "order-17"})
+    assert first == {"event_id": "order-17", "status": "accepted"}
+    # a retry (even with another body), and two racing retries, are answered with the original event id
+    retries = await asyncio.gather(*(deliver({"type": "b"}, {"Idempotency-Key": "order-17"}) for _ in range(3)))
+    assert retries == [first] * 3
+    assert await deliver({"type": "c"}, {"webhook-id": "order-18"}) == {"event_id": "order-18", "status": "accepted"}
+
+    js = ingress.runtime.js
+    trigger_subject = messaging.fire_subject("dedup", trigger.name.rpartition("/")[2])
+    subjects = {f"{trigger_subject}.{delivery_token(webhook_id, key)}": key for key in ("order-17", "order-18")}
+    info = await js.stream_info(messaging.FIRES_STREAM, subjects_filter=f"{trigger_subject}.>")
+    assert info.state.subjects == dict.fromkeys(subjects, 1)
+    stored = await js.get_last_msg(messaging.FIRES_STREAM, next(iter(subjects)))
+    fire = fire_pb2.FireRequest.FromString(stored.data)
+    assert (fire.fire_id, fire.event_type) == (f"{name}@order-17", "a")
+    # the subject refused the repeats, not JetStream's Msg-Id window: keyed fires carry no Msg-Id at all
+    assert messaging.MSG_ID_HEADER not in (stored.headers or {})
+    assert await ingress.metric("kairos_ingress_deduplicated_total") == 3
 
 
 async def test_rate_limit_and_trigger_alias(ingress: Ingress) -> None:
@@ -365,7 +362,7 @@ async def test_signing_secret_from_the_registry_end_to_end(suite) -> None:
         body = b'{"type": "charge.succeeded", "id": "ch_1"}'
         tracer = await nats.connect(suite.nats.url)
         traces = await tracer.subscribe("kairos.trace.signed.>")
-        # an immediate retry races the delivery record; JetStream's de-duplication by fire id still stores one
+        # the retry is refused by JetStream: the delivery's subject already holds its fire
         for _ in range(2):
             response = await http.post(url, content=body, headers=signed(created.secret, body, "msg_a"))
             assert response.status_code == 202 and response.json()["event_id"] == "msg_a", response.text
@@ -388,8 +385,11 @@ async def test_signing_secret_from_the_registry_end_to_end(suite) -> None:
         assert sorted(run.fire_id for run in runs) == sorted(expected)
         assert {run.status for run in runs} == {run_pb2.RunStatus.RUN_STATUS_COMPLETED}
         subject = messaging.fire_subject("signed", trigger.name.rsplit("/", 1)[1])
-        stream = await suite.runtime.js.stream_info(messaging.FIRES_STREAM, subjects_filter=subject)
-        assert stream.state.subjects == {subject: 2}
+        stream = await suite.runtime.js.stream_info(messaging.FIRES_STREAM, subjects_filter=f"{subject}.>")
+        webhook_id = created.webhook.name.rsplit("/", 1)[1]
+        assert stream.state.subjects == {
+            f"{subject}.{delivery_token(webhook_id, key)}": 1 for key in ("msg_a", "msg_c")
+        }
 
 
 async def test_a_corrupt_record_is_a_json_500(ingress: Ingress) -> None:

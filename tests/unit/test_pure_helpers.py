@@ -253,7 +253,7 @@ def test_envelope_of_a_webhook_fire() -> None:
     fire.fire_time.FromDatetime(datetime(2025, 1, 1, tzinfo=UTC))
     fire.action.agent = "agents/sdr"
     fire.action.agent_version = trigger_pb2.AgentVersion.AGENT_VERSION_DRAFT
-    json_format.ParseDict({"type": "contact.created", "contact": {"phone": "+1"}}, fire.payload)
+    fire.payload_json = b'{"type": "contact.created", "contact": {"phone": "+1"}}'
     document = envelope(fire, "r", 1, {"phone_to": "+1"})
     assert set(document) == ENVELOPE_KEYS | {"webhook", "event_type"}
     assert document["trigger_type"] == "webhook"

@@ -82,15 +82,13 @@ class PayloadTooLargeError(JetStreamPublishError):
 
 
 class _Pending:
-    """One publish waiting for its ack (or, when `raw`, one request waiting for its reply message): the whole
-    protocol command, sent again as is on a retry."""
+    """One publish waiting for its ack: the whole protocol command, sent again as is on a retry."""
 
-    __slots__ = ("attempts_left", "command", "future", "raw", "subject", "timeout", "timer")
+    __slots__ = ("attempts_left", "command", "future", "subject", "timeout", "timer")
 
-    def __init__(self, subject: str, command: bytes, timeout: float, attempts: int, future, raw: bool) -> None:
+    def __init__(self, subject: str, command: bytes, timeout: float, attempts: int, future) -> None:
         self.subject = subject
         self.command = command
-        self.raw = raw
         self.timeout = timeout
         self.attempts_left = attempts
         self.future: asyncio.Future[PubAck] = future
@@ -203,20 +201,11 @@ class JetStreamPublisher:
             if stream is not None:
                 headers[EXPECTED_STREAM_HEADER] = stream
         header_block = encode_headers(headers) if headers else None
-        return await self._enqueue(subject, header_block, payload, timeout, attempts, raw=False)
-
-    async def request(
-        self, subject: str, payload: bytes = b"", *, timeout: float | None = None, attempts: int | None = None
-    ) -> Msg:
-        """A JetStream API request (a KV direct get, say) over the same reply inbox, retried like a publish;
-        returns the reply message as it came (a `Status` header tells a 404)."""
-        if self._subscription is None:
-            raise RuntimeError("JetStreamPublisher.start() was not called")
-        return await (await self._enqueue(subject, None, payload, timeout, attempts, raw=True))
+        return await self._enqueue(subject, header_block, payload, timeout, attempts)
 
     async def _enqueue(
-        self, subject: str, header_block: bytes | None, payload: bytes, timeout, attempts, *, raw: bool
-    ) -> asyncio.Future:
+        self, subject: str, header_block: bytes | None, payload: bytes, timeout, attempts
+    ) -> asyncio.Future[PubAck]:
         while len(self._pending) >= self._max_in_flight:
             if self._room is None or self._room.done():
                 self._room = self._loop.create_future()
@@ -229,7 +218,7 @@ class JetStreamPublisher:
             command = pub_cmd(subject, reply, payload)
         else:
             command = hpub_cmd(subject, reply, header_block, payload)
-        entry = _Pending(subject, command, timeout or self._timeout, attempts or self._attempts, future, raw)
+        entry = _Pending(subject, command, timeout or self._timeout, attempts or self._attempts, future)
         self._pending[reply] = entry
         await self._send(reply, entry)
         return future
@@ -293,9 +282,6 @@ class JetStreamPublisher:
         if headers and headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
             self._finish(entry, error=NoStreamError(entry.subject, "no stream captures this subject"))
             return
-        if entry.raw:
-            self._finish(entry, ack=message)
-            return
         try:
             document = orjson.loads(message.data)
             error = document.get("error")
@@ -309,7 +295,7 @@ class JetStreamPublisher:
             failure = JetStreamPublishError(entry.subject, f"unreadable ack {message.data[:200]!r}: {problem!r}")
         self._finish(entry, error=failure)
 
-    def _finish(self, entry: _Pending, *, ack: PubAck | Msg | None = None, error: Exception | None = None) -> None:
+    def _finish(self, entry: _Pending, *, ack: PubAck | None = None, error: Exception | None = None) -> None:
         """Settles a publish already removed from `_pending`, and reopens a full window once it has room."""
         if entry.timer is not None:
             entry.timer.cancel()

@@ -5,7 +5,9 @@ reconnect settings, idempotently declaring the streams and KV buckets, and publi
 JetStream de-duplication (`Nats-Msg-Id`).
 
 Subjects:
-    kairos.fire.<workspace>.<trigger>        -> stream KAIROS_FIRES        (one fire = one agent run)
+    kairos.fire.<workspace>.<trigger>        -> stream KAIROS_FIRES        (one fire = one agent run; a webhook
+                                                                             delivery with a sender's key adds a
+                                                                             token of its own, see the ingress)
     kairos.events.<workspace>.<event.type>   -> stream KAIROS_EVENTS       (platform events; the event
                                                                              type may span several tokens)
     kairos.trace.<workspace>.<trigger>       -> stream KAIROS_TRACE        (kept 7 days)
@@ -53,8 +55,7 @@ TRIGGERS_BUCKET = "kairos_triggers"
 WEBHOOKS_BUCKET = "kairos_webhooks"
 API_KEYS_BUCKET = "kairos_api_keys"
 SCHEDULER_BUCKET = "kairos_scheduler"
-# Created by the ingress (not in ALL_BUCKETS): webhook deliveries seen (24 h TTL), event types workspaces used.
-WEBHOOK_DELIVERIES_BUCKET = "kairos_webhook_deliveries"
+# Created by the ingress (not in ALL_BUCKETS): the event types workspaces used.
 EVENT_TYPES_BUCKET = "kairos_event_types"
 ALL_BUCKETS = (TRIGGERS_BUCKET, WEBHOOKS_BUCKET, API_KEYS_BUCKET, SCHEDULER_BUCKET)
 
@@ -299,18 +300,13 @@ async def ensure_key_value(
     *,
     history: int = 1,
     replicas: int = 1,
-    ttl: float | None = None,
-    direct: bool | None = None,
 ) -> KeyValue:
-    """Return the KV bucket `bucket`, creating it (file storage; values expire after `ttl` seconds when given;
-    `direct` allows direct gets, read by any replica without the JetStream API) or fixing its history/replicas."""
+    """Return the KV bucket `bucket`, creating it (file storage) or fixing its history/replicas."""
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         try:
-            kv = await js.create_key_value(
-                bucket=bucket, history=history, replicas=replicas, storage=StorageType.FILE, ttl=ttl, direct=direct
-            )
+            kv = await js.create_key_value(bucket=bucket, history=history, replicas=replicas, storage=StorageType.FILE)
             log.info("nats.kv_created", bucket=bucket)
             return kv
         except nats.js.errors.BadRequestError as e:

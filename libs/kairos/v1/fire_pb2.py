@@ -28,7 +28,7 @@ from kairos.v1 import run_pb2 as kairos_dot_v1_dot_run__pb2
 from kairos.v1 import trigger_pb2 as kairos_dot_v1_dot_trigger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kairos/v1/fire.proto\x12\tkairos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kairos/v1/run.proto\x1a\x17kairos/v1/trigger.proto\"\xb6\x03\n\x0b\x46ireRequest\x12\x0f\n\x07\x66ire_id\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\x12,\n\x0ctrigger_type\x18\x03 \x01(\x0e\x32\x16.kairos.v1.TriggerType\x12\x32\n\x0escheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06\x61\x63tion\x18\x06 \x01(\x0b\x32\x11.kairos.v1.Action\x12%\n\x08policies\x18\x07 \x01(\x0b\x32\x13.kairos.v1.Policies\x12\x10\n\x08timezone\x18\x08 \x01(\t\x12\x30\n\x0finput_overrides\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x07payload\x18\n \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0f\n\x07webhook\x18\x0b \x01(\t\x12\x12\n\nevent_type\x18\x0c \x01(\t\x12\x18\n\x10trigger_revision\x18\r \x01(\x03\x42\x7f\n\rdev.kairos.v1B\tFireProtoP\x01Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\xa2\x02\x03KXX\xaa\x02\tKairos.V1\xca\x02\tKairos\\V1\xea\x02\nKairos::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kairos/v1/fire.proto\x12\tkairos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13kairos/v1/run.proto\x1a\x17kairos/v1/trigger.proto\"\xcc\x03\n\x0b\x46ireRequest\x12\x0f\n\x07\x66ire_id\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\x12,\n\x0ctrigger_type\x18\x03 \x01(\x0e\x32\x16.kairos.v1.TriggerType\x12\x32\n\x0escheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06\x61\x63tion\x18\x06 \x01(\x0b\x32\x11.kairos.v1.Action\x12%\n\x08policies\x18\x07 \x01(\x0b\x32\x13.kairos.v1.Policies\x12\x10\n\x08timezone\x18\x08 \x01(\t\x12\x30\n\x0finput_overrides\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x07payload\x18\n \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0f\n\x07webhook\x18\x0b \x01(\t\x12\x12\n\nevent_type\x18\x0c \x01(\t\x12\x18\n\x10trigger_revision\x18\r \x01(\x03\x12\x14\n\x0cpayload_json\x18\x0e \x01(\x0c\x42\x7f\n\rdev.kairos.v1B\tFireProtoP\x01Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\xa2\x02\x03KXX\xaa\x02\tKairos.V1\xca\x02\tKairos\\V1\xea\x02\nKairos::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.kairos.v1B\tFireProtoP\001Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\242\002\003KXX\252\002\tKairos.V1\312\002\tKairos\\V1\352\002\nKairos::V1'
   _globals['_FIREREQUEST']._serialized_start=145
-  _globals['_FIREREQUEST']._serialized_end=583
+  _globals['_FIREREQUEST']._serialized_end=605
 # @@protoc_insertion_point(module_scope)
