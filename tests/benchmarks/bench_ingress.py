@@ -1,12 +1,13 @@
 """Webhook ingress throughput: Standard Webhooks (HMAC) requests accepted per second by ONE ingress process
 (`python -m kairos.ingress`, its own nats-server, the change feed seeded directly), side by side in the same run
 with a bare "return 202" plain ASGI app served by the ingress's own HTTP server set-up (`start_http`, uvloop) in a
-second process. Both receive the identical signed requests from the same raw-HTTP keep-alive client with bounded
-concurrency, in alternating rounds so a burst of load from elsewhere on the machine hits both alike. Also:
-forged requests refused per second, and the CPU time each server process (and the ingress's nats-server) spent
-per request.
+second process, and with the "acked floor": the bare app that first stores the body in JetStream as the ingress
+stores a keyed delivery and waits for the ack, in a third. All receive the identical signed requests from the
+same raw-HTTP keep-alive client with bounded concurrency, in alternating rounds so a burst of load from elsewhere
+on the machine hits all alike. Also: forged requests refused per second, and the CPU time each server process
+(and nats-server) spent per request.
 
-`python -m tests.benchmarks.bench_ingress bare <port>` serves the bare app (used by the benchmark itself).
+`python -m tests.benchmarks.bench_ingress bare <port> [<nats url>]` serves the bare app (used by the benchmark).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ import uvloop
 
 from kairos.client.builders import action
 from kairos.core import messaging
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
 from kairos.devtools.processes import ServiceProcesses
+from kairos.ingress.asgi import Answer, send_answer
+from kairos.ingress.endpoint import FIRST_ON_SUBJECT
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
 from tests.benchmarks.procstat import cpu_seconds
 from tests.benchmarks.rawhttp import connect, read_response, request_bytes
@@ -46,10 +50,13 @@ FIGURES = (
     "ingress.accepted_p99_ms",
     "ingress.bare_per_s",
     "ingress.accepted_per_s.vs.bare",
+    "ingress.acked_floor_per_s",
+    "ingress.accepted_per_s.vs.acked_floor",
     "ingress.rejected_per_s",
     "ingress.accepted_cpu_us",
     "ingress.accepted_nats_cpu_us",
     "ingress.bare_cpu_us",
+    "ingress.acked_floor_cpu_us",
 )
 ROUNDS = 3
 PER_ROUND = 5_000
@@ -59,32 +66,49 @@ CONNECTIONS = 64
 WORKSPACE = "bench"
 BODY = b'{"type": "invoice.paid", "data": {"invoice": "in_123", "amount": 4200, "currency": "eur"}}'
 BARE_ANSWER = b'{"event_id":"msg_00000000000000000","status":"accepted"}'
+ACKED_SUBJECT = f"{messaging.fire_subject(WORKSPACE, 'acked')}"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class BareApp:
-    """Reads the body and answers 202 with a body shaped like the ingress's: the floor any handler stands on."""
+    """Reads the body and answers 202 with a body shaped like the ingress's, through the ingress's own
+    `send_answer`: the floor any handler stands on. With a publisher it first stores the body in KAIROS_FIRES the
+    way the ingress stores a keyed delivery (a subject of its own, first on it) and waits for JetStream's ack:
+    the floor of any handler that answers 202 only once the event is stored."""
+
+    def __init__(self, publisher=None) -> None:
+        self._publisher = publisher
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        more = True
+        chunks, more = [], True
         while more:
             message = await receive()
+            chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BARE_ANSWER)).encode())]
-        await send({"type": "http.response.start", "status": 202, "headers": headers})
-        await send({"type": "http.response.body", "body": BARE_ANSWER})
+        if self._publisher is not None:
+            delivery = hashlib.sha256(dict(scope["headers"]).get(b"webhook-id", b"")).hexdigest()[:40]
+            await self._publisher.publish(f"{ACKED_SUBJECT}.{delivery}", b"".join(chunks), headers=FIRST_ON_SUBJECT)
+        await send_answer(send, Answer(202, BARE_ANSWER))
 
 
-async def serve_bare(port: int) -> None:
-    """The bare app on the very HTTP server set-up of the ingress (kairos.ingress.app.start_http), until SIGTERM."""
+async def serve_bare(port: int, nats_url: str | None) -> None:
+    """BareApp (with a publisher when `nats_url` is given) on the very HTTP server set-up of the ingress
+    (kairos.ingress.app.start_http), until SIGTERM."""
     from kairos.ingress.app import start_http
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with AsyncExitStack() as stack:
-        await start_http(stack, BareApp(), "127.0.0.1", port)
+        publisher = None
+        if nats_url:
+            nc = await messaging.connect(nats_url, "bench-acked")
+            stack.push_async_callback(nc.close)
+            publisher = JetStreamPublisher(nc)
+            await publisher.start()
+            stack.push_async_callback(publisher.close)
+        await start_http(stack, BareApp(publisher), "127.0.0.1", port)
         await stop.wait()
 
 
@@ -206,65 +230,78 @@ class Totals:
             self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
 
 
+async def start_bare(port: int, nats_url: str | None = None) -> asyncio.subprocess.Process:
+    args = ["bare", str(port)] + ([nats_url] if nats_url else [])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.benchmarks.bench_ingress",
+        *args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    await wait_http(f"http://127.0.0.1:{port}/hooks/x", process, "POST")
+    return process
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 async def run(report) -> None:
     secret_key = secrets.token_urlsafe(40)
     with tempfile.TemporaryDirectory() as scratch:
-        async with EmbeddedNatsServer(Path(scratch) / "nats") as nats_server:
+        async with EmbeddedNatsServer(Path(scratch) / "nats") as nats_server, AsyncExitStack() as servers:
             webhook_id, key = await seed(nats_server.url, secret_key)
-            ingress_port, bare_port = free_port(), free_port()
+            ingress_port, bare_port, acked_port = free_port(), free_port(), free_port()
             env = {
                 "KAIROS_NATS_URL": nats_server.url,
                 "KAIROS_HTTP_PORT": str(ingress_port),
                 "KAIROS_SECRET_KEY": secret_key,
                 "KAIROS_LOG_LEVEL": "warning",
             }
-            async with ServiceProcesses(Path(scratch) / "logs", env) as processes:
-                ingress = await processes.launch("ingress")
-                bare = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "tests.benchmarks.bench_ingress",
-                    "bare",
-                    str(bare_port),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    cwd=ROOT,
-                )
-                try:
-                    await wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress.process)
-                    await wait_http(f"http://127.0.0.1:{bare_port}/hooks/x", bare, "POST")
-                    warm_up = signed_requests(webhook_id, key, WARM_UP)
-                    await drive(ingress_port, warm_up, 202)
-                    await drive(bare_port, warm_up, 202)
+            processes = await servers.enter_async_context(ServiceProcesses(Path(scratch) / "logs", env))
+            ingress = await processes.launch("ingress")
+            await wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress.process)
+            bare = await start_bare(bare_port)
+            servers.push_async_callback(stop, bare)
+            acked = await start_bare(acked_port, nats_server.url)
+            servers.push_async_callback(stop, acked)
+            warm_up = signed_requests(webhook_id, key, WARM_UP)
+            for port in (ingress_port, bare_port, acked_port):
+                await drive(port, warm_up, 202)
 
-                    accepted, bare_totals = Totals(), Totals()
-                    for _ in range(ROUNDS):
-                        requests = signed_requests(webhook_id, key, PER_ROUND)
-                        await accepted.drive(
-                            ingress_port, requests, {"ingress": ingress.process.pid, "nats": nats_server.pid}
-                        )
-                        await bare_totals.drive(bare_port, requests, {"bare": bare.pid})
-                    forged = signed_requests(webhook_id, key, REJECTED, forged=True)
-                    rejected_rate, _ = await drive(ingress_port, forged, 401)
-                finally:
-                    bare.terminate()
-                    try:
-                        await asyncio.wait_for(bare.wait(), 15)
-                    except TimeoutError:
-                        bare.kill()
-                        await bare.wait()
-            total = ROUNDS * PER_ROUND
-            accepted_rate, bare_rate = total / accepted.elapsed, total / bare_totals.elapsed
-            report("ingress.accepted_per_s", accepted_rate, "req/s")
-            report("ingress.accepted_p50_ms", percentile(accepted.latencies, 0.5) * 1000, "ms")
-            report("ingress.accepted_p99_ms", percentile(accepted.latencies, 0.99) * 1000, "ms")
-            report("ingress.bare_per_s", bare_rate, "req/s")
-            report("ingress.accepted_per_s.vs.bare", accepted_rate / bare_rate, "x")
-            report("ingress.rejected_per_s", rejected_rate, "req/s")
-            report("ingress.accepted_cpu_us", accepted.cpu["ingress"] / total * 1e6, "us/req")
-            report("ingress.accepted_nats_cpu_us", accepted.cpu["nats"] / total * 1e6, "us/req")
-            report("ingress.bare_cpu_us", bare_totals.cpu["bare"] / total * 1e6, "us/req")
+            accepted, bare_totals, acked_totals = Totals(), Totals(), Totals()
+            for _ in range(ROUNDS):
+                requests = signed_requests(webhook_id, key, PER_ROUND)
+                await accepted.drive(ingress_port, requests, {"ingress": ingress.process.pid, "nats": nats_server.pid})
+                await bare_totals.drive(bare_port, requests, {"bare": bare.pid})
+                await acked_totals.drive(acked_port, requests, {"acked": acked.pid, "nats": nats_server.pid})
+            forged = signed_requests(webhook_id, key, REJECTED, forged=True)
+            rejected_rate, _ = await drive(ingress_port, forged, 401)
+    total = ROUNDS * PER_ROUND
+    accepted_rate, bare_rate = total / accepted.elapsed, total / bare_totals.elapsed
+    acked_rate = total / acked_totals.elapsed
+    report("ingress.accepted_per_s", accepted_rate, "req/s")
+    report("ingress.accepted_p50_ms", percentile(accepted.latencies, 0.5) * 1000, "ms")
+    report("ingress.accepted_p99_ms", percentile(accepted.latencies, 0.99) * 1000, "ms")
+    report("ingress.bare_per_s", bare_rate, "req/s")
+    report("ingress.accepted_per_s.vs.bare", accepted_rate / bare_rate, "x")
+    report("ingress.acked_floor_per_s", acked_rate, "req/s")
+    report("ingress.accepted_per_s.vs.acked_floor", accepted_rate / acked_rate, "x")
+    report("ingress.rejected_per_s", rejected_rate, "req/s")
+    report("ingress.accepted_cpu_us", accepted.cpu["ingress"] / total * 1e6, "us/req")
+    report("ingress.accepted_nats_cpu_us", accepted.cpu["nats"] / total * 1e6, "us/req")
+    report("ingress.bare_cpu_us", bare_totals.cpu["bare"] / total * 1e6, "us/req")
+    report("ingress.acked_floor_cpu_us", acked_totals.cpu["acked"] / total * 1e6, "us/req")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["bare"]:
-    uvloop.run(serve_bare(int(sys.argv[2])))
+    uvloop.run(serve_bare(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))

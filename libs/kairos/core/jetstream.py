@@ -201,11 +201,6 @@ class JetStreamPublisher:
             if stream is not None:
                 headers[EXPECTED_STREAM_HEADER] = stream
         header_block = encode_headers(headers) if headers else None
-        return await self._enqueue(subject, header_block, payload, timeout, attempts)
-
-    async def _enqueue(
-        self, subject: str, header_block: bytes | None, payload: bytes, timeout, attempts
-    ) -> asyncio.Future[PubAck]:
         while len(self._pending) >= self._max_in_flight:
             if self._room is None or self._room.done():
                 self._room = self._loop.create_future()
@@ -241,22 +236,19 @@ class JetStreamPublisher:
     # ------------------------------------------------------------------------------------ internals
 
     async def _send(self, reply: str, entry: _Pending) -> None:
+        """Sends (or sends again) one publish the way `nc.publish` does once its command is built."""
         entry.attempts_left -= 1
         entry.timer = self._loop.call_later(entry.timeout, self._expired, reply)
+        nc = self._nc
         try:
-            await self._write(entry.command)
+            if nc.is_closed:
+                raise nats.errors.ConnectionClosedError
+            await nc._send_command(entry.command)
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
         except Exception as error:
             if self._pending.pop(reply, None) is entry:
                 self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {error!r}"))
-
-    async def _write(self, command: bytes) -> None:
-        """What `nc.publish` does once its command is built (the same calls), without re-checking headers."""
-        nc = self._nc
-        if nc.is_closed:
-            raise nats.errors.ConnectionClosedError
-        await nc._send_command(command)
-        if nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
 
     def _expired(self, reply: str) -> None:
         entry = self._pending.get(reply)
