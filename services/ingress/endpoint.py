@@ -145,6 +145,7 @@ class WebhookView:
 
     __slots__ = (
         "accepted_event_types",
+        "active",
         "auth_mode",
         "disabled",
         "field_mapping",
@@ -170,11 +171,13 @@ class WebhookView:
         self.trigger_key = f"{trigger_name.workspace}.{trigger_name.trigger}"
         self.subject = messaging.fire_subject(trigger_name.workspace, trigger_name.trigger)
         self.trigger: trigger_pb2.Trigger | None = None
+        self.active = False
         self.prefix = b""
 
     def use_trigger(self, trigger: trigger_pb2.Trigger) -> None:
         webhook = self.record.webhook
         self.trigger = trigger
+        self.active = trigger.state == TRIGGER_ACTIVE
         self.prefix = fire_pb2.FireRequest(
             trigger=webhook.trigger,
             trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_WEBHOOK,
@@ -252,7 +255,7 @@ class WebhookEndpoint:
     async def handle(self, request: Request) -> Answer:
         """`POST /hooks/{webhook_id}` and its alias `POST /api/hooks/webhook/{webhook_id}`."""
         try:
-            record = await self._record(request.param)
+            record = self._webhooks.cached(request.param) or await self._record(request.param)
             answer = await self._accept(request, request.param, record, authenticated=False)
         except Rejection as rejection:
             answer = self._rejected(rejection)
@@ -280,13 +283,12 @@ class WebhookEndpoint:
         return rejection.answer()
 
     async def _record(self, webhook_id: str) -> feed_pb2.WebhookRecord:
+        """The record of a webhook the mirror does not hold (yet): read from the bucket."""
         if not RESOURCE_ID.match(webhook_id):
             raise Rejection(404, "webhook_not_found", "no such webhook")
-        record = self._webhooks.cached(webhook_id)
-        if record is None:
-            if not self._nc.is_connected:
-                raise unavailable()
-            record = await self._webhooks.get(webhook_id)
+        if not self._nc.is_connected:
+            raise unavailable()
+        record = await self._webhooks.get(webhook_id)
         if record is None:
             raise Rejection(404, "webhook_not_found", "no such webhook")
         return record
@@ -319,15 +321,13 @@ class WebhookEndpoint:
         if not token_matches(record, presented, now):
             raise Rejection(401, "invalid_credentials", "the credentials do not match this webhook")
 
-    async def _with_trigger(self, view: WebhookView) -> WebhookView:
-        """`view` with its fire template built from the trigger's current record."""
-        trigger = self._triggers.cached(view.trigger_key)
-        if trigger is None or trigger is not view.trigger:
-            trigger = trigger or await self._triggers.get(view.trigger_key)
-            if trigger is None:
-                raise Rejection(404, "webhook_not_found", "no such webhook")
-            view.use_trigger(trigger)
-        return view
+    async def _use_current_trigger(self, view: WebhookView, trigger: trigger_pb2.Trigger | None) -> None:
+        """Rebuilds `view`'s fire template from the trigger's current record (`trigger`, the mirror's, or None
+        when the mirror does not hold it yet)."""
+        trigger = trigger or await self._triggers.get(view.trigger_key)
+        if trigger is None:
+            raise Rejection(404, "webhook_not_found", "no such webhook")
+        view.use_trigger(trigger)
 
     async def _accept(
         self, request: Request, webhook_id: str, record: feed_pb2.WebhookRecord, *, authenticated: bool
@@ -365,9 +365,11 @@ class WebhookEndpoint:
                 "this webhook's rate limit is exceeded; retry later",
                 ((b"retry-after", str(retry_after).encode()),),
             )
-        content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            raise Rejection(415, "unsupported_media_type", "send the body as application/json")
+        content_type = headers.get("content-type", "")
+        if content_type != "application/json":
+            media_type = content_type.partition(";")[0].strip().lower()
+            if media_type != "application/json" and not media_type.endswith("+json"):
+                raise Rejection(415, "unsupported_media_type", "send the body as application/json")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -377,20 +379,22 @@ class WebhookEndpoint:
             raise Rejection(
                 422, "event_type_not_accepted", f"event type {event_type!r} is not accepted by this webhook"
             )
-        template = await self._with_trigger(view)
-        if template.trigger.state != TRIGGER_ACTIVE:
+        trigger = self._triggers.cached(view.trigger_key)
+        if trigger is None or trigger is not view.trigger:
+            await self._use_current_trigger(view, trigger)
+        if not view.active:
             raise Rejection(409, "trigger_not_active", "the trigger this webhook fires is paused or a draft")
         if not self._nc.is_connected:
             raise unavailable()
 
         sender_key = (headers.get("webhook-id") or headers.get("idempotency-key") or "")[:MAX_SENDER_KEY_CHARS]
         event_id = sender_key or new_id("evt")
-        fire_id, fire = template.fire(event_id, event_type, raw, body)
+        fire_id, fire = view.fire(event_id, event_type, raw, body)
         if sender_key:
-            subject = f"{template.subject}.{delivery_token(webhook_id, sender_key)}"
+            subject = f"{view.subject}.{delivery_token(webhook_id, sender_key)}"
             stored = await self._publish(subject, fire, headers=FIRST_ON_SUBJECT)
         else:
-            stored = await self._publish(template.subject, fire, msg_id=fire_id, stream=messaging.FIRES_STREAM)
+            stored = await self._publish(view.subject, fire, msg_id=fire_id, stream=messaging.FIRES_STREAM)
         if not stored:
             self._metrics.repeated_delivery()
         return _accepted(event_id)

@@ -30,7 +30,7 @@ from kairos.core import messaging
 from kairos.core import secrets as kairos_secrets
 from kairos.core.config import ServiceConfig
 from kairos.core.names import new_id
-from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.core.natsserver import MAX_PAYLOAD_BYTES, EmbeddedNatsServer
 from kairos.core.runtime import Runtime, run_services
 from kairos.core.sealing import Sealer
 from kairos.ingress.endpoint import delivery_token
@@ -132,8 +132,10 @@ class Ingress:
 
 
 @pytest.fixture
-async def ingress(tmp_path: Path) -> AsyncIterator[Ingress]:
-    async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
+async def ingress(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ingress]:
+    """The ingress on a nats-server of its own; `indirect` parametrization sets that server's max payload."""
+    max_payload = getattr(request, "param", MAX_PAYLOAD_BYTES)
+    async with EmbeddedNatsServer(tmp_path / "nats", max_payload=max_payload) as nats_server:
         config = ServiceConfig.from_env(
             {
                 "KAIROS_NATS_URL": nats_server.url,
@@ -280,6 +282,22 @@ async def test_repeated_deliveries_are_stored_once(ingress: Ingress) -> None:
     # the subject refused the repeats, not JetStream's Msg-Id window: keyed fires carry no Msg-Id at all
     assert messaging.MSG_ID_HEADER not in (stored.headers or {})
     assert await ingress.metric("kairos_ingress_deduplicated_total") == 3
+
+
+@pytest.mark.parametrize("ingress", [64 * 1024], indirect=True)
+async def test_a_fire_over_the_nats_max_payload_is_a_413_not_a_503(ingress: Ingress) -> None:
+    """A body under the ingress's limit whose fire NATS cannot carry is refused for good (a 503 would make the
+    sender retry forever), and nothing is stored."""
+    trigger = await ingress.add_trigger("big")
+    webhook_id, secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER)
+    url = f"{ingress.base}/hooks/{webhook_id}"
+    auth = {"X-Trigger-Secret": secret, "Content-Type": "application/json"}
+    large = b'{"type": "a", "pad": "' + b"x" * (64 * 1024) + b'"}'
+    refused(await ingress.http.post(url, content=large, headers=auth), 413, "body_too_large")
+    small = await ingress.http.post(url, content=b'{"type": "a"}', headers=auth)
+    assert small.status_code == 202, small.text
+    info = await ingress.runtime.js.stream_info(messaging.FIRES_STREAM)
+    assert info.state.messages == 1
 
 
 async def test_rate_limit_and_trigger_alias(ingress: Ingress) -> None:

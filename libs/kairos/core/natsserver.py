@@ -97,8 +97,10 @@ class EmbeddedNatsServer:
         server_name: str = "kairos-dev",
         binary: Path | None = None,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.max_payload = max_payload
         self.host = host
         self.server_name = server_name
         self.start_timeout_s = start_timeout_s
@@ -212,9 +214,9 @@ class EmbeddedNatsServer:
     # -- internals -------------------------------------------------------------------------------------
 
     def _config_file(self) -> Path:
-        """Settings with no command-line flag: room for a 1 MiB webhook body plus the fire's envelope."""
+        """Settings with no command-line flag: by default room for a 1 MiB webhook body plus the fire's envelope."""
         path = self.data_dir / "nats-server.conf"
-        path.write_text(f"max_payload: {MAX_PAYLOAD_BYTES}\n")
+        path.write_text(f"max_payload: {self.max_payload}\n")
         return path
 
     def _command(self, binary: Path) -> list[str]:
