@@ -30,6 +30,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         sessions, config.run_retention, float(config.executor_ack_wait_s), db.create_sync_sqlite_engine(engine)
     )
     stack.push_async_callback(store.stop)
+    runtime.extras["executor.runs"] = store
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})
     stack.push_async_callback(http.aclose)
