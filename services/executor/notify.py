@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from kairos.core import messaging
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.tasks import spawn
 from kairos.executor.models import CallbackStopRow
 from kairos.executor.runs import insert_new, parsed_trigger
@@ -101,12 +102,14 @@ class Callbacks:
     def __init__(
         self,
         js: JetStreamContext,
+        publisher: JetStreamPublisher,
         http: httpx.AsyncClient,
         signer: Signer,
         sessions: async_sessionmaker[AsyncSession],
         ack_wait_s: float,
     ) -> None:
         self._js = js
+        self._publisher = publisher
         self._http = http
         self._signer = signer
         self._sessions = sessions
@@ -150,15 +153,29 @@ class Callbacks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def enqueue(self, url: str, event: run_pb2.TraceEvent) -> None:
-        """Stores the callback durably (returns once JetStream has it)."""
-        trigger = parsed_trigger(event.trigger)
-        await self._js.publish(
-            f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
-            event.SerializeToString(),
-            stream=CALLBACKS_STREAM,
-            headers={messaging.MSG_ID_HEADER: event.id, NOTIFY_URL_HEADER: url},
-        )
+    async def enqueue(self, url: str, events: Sequence[run_pb2.TraceEvent]) -> None:
+        """Stores the callbacks of `events` to `url` durably: sends them all, then returns once JetStream has
+        acknowledged every one; raises the first failure (a `JetStreamPublishError`)."""
+        acks = []
+        try:
+            for event in events:
+                trigger = parsed_trigger(event.trigger)
+                acks.append(
+                    await self._publisher.submit(
+                        f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
+                        event.SerializeToString(),
+                        headers={NOTIFY_URL_HEADER: url},
+                        msg_id=event.id,
+                        stream=CALLBACKS_STREAM,
+                    )
+                )
+        except BaseException:
+            for ack in acks:
+                ack.cancel()
+            raise
+        for outcome in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _pull(self, subscription) -> None:
         while True:

@@ -273,9 +273,9 @@ class FireWorker:
         """Queues the callbacks of stored lifecycle events durably (before the fire is acknowledged), then
         publishes the events on kairos.trace.<ws>.<trigger> (`Nats-Msg-Id` = the event id, so the event a
         redelivered fire repeats is stored, and counted by the registry, once)."""
+        if self._callbacks is not None and notify_url and events:
+            await self._callbacks.enqueue(notify_url, events)
         for event in events:
-            if self._callbacks is not None and notify_url:
-                await self._callbacks.enqueue(notify_url, event)
             trigger = parsed_trigger(event.trigger)
             with contextlib.suppress(Exception):
                 await self._nc.publish(
@@ -359,8 +359,7 @@ class FireWorker:
             if self._callbacks is not None and fire.policies.notify_url:
                 # The first delivery may have died between recording its events and queueing their callbacks;
                 # queueing them again is harmless (same Nats-Msg-Id, and receivers dedupe on webhook-id).
-                for event in await self._store.events_of_fire(fire.fire_id):
-                    await self._callbacks.enqueue(fire.policies.notify_url, event)
+                await self._callbacks.enqueue(fire.policies.notify_url, await self._store.events_of_fire(fire.fire_id))
             await message.ack()
             return
         if admission.outcome == "wait":
