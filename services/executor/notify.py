@@ -51,7 +51,6 @@ MAX_BACKOFF_S = 60.0
 TIMEOUT_S = 10.0
 CONCURRENCY = 32
 MAX_AGE_S = 7 * 24 * 3600.0
-DUPLICATE_WINDOW_S = 120.0
 RETRIED_STATUSES = {408, 429}
 
 
@@ -79,16 +78,13 @@ def backoff_s(delivery: int) -> float:
 
 
 def stream_config() -> api.StreamConfig:
-    return api.StreamConfig(
-        name=CALLBACKS_STREAM,
-        description="Kairos lifecycle events waiting to be POSTed to their trigger's notify_url",
-        subjects=[f"{CALLBACK_SUBJECT_PREFIX}.>"],
+    """A work queue: a callback is gone from the stream once a consumer acked (or terminated) it."""
+    return messaging.stream_config(
+        CALLBACKS_STREAM,
+        f"{CALLBACK_SUBJECT_PREFIX}.>",
+        "Kairos lifecycle events waiting to be POSTed to their trigger's notify_url",
+        max_age_s=MAX_AGE_S,
         retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
-        discard=api.DiscardPolicy.OLD,
-        num_replicas=1,
-        max_age=MAX_AGE_S,
-        duplicate_window=DUPLICATE_WINDOW_S,
     )
 
 
