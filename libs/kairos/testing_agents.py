@@ -6,8 +6,9 @@ with `KAIROS_PYTHON_RUNNER_MODULES=kairos.agents,kairos.testing_agents`.
 - `flaky`: fails until the attempt number reaches `input.succeed_on_attempt`.
 - `wait_for_release`: connects to `input.nats_url`, subscribes to `input.release_subject`, announces itself
   on `input.ready_subject` (message body: the run name and attempt), then returns once a message arrives on
-  the release subject. Tests use it to hold a run in the middle of its attempt without sleeping. With
-  `input.stopped_subject`, it announces there (same body) when it is cancelled before being released.
+  the release subject. Tests use it to hold a run in the middle of its attempt without sleeping. Released
+  with the body `fail`, it raises instead (a retryable failure). With `input.stopped_subject`, it announces
+  there (same body) when it is cancelled before being released.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ async def wait_for_release(envelope: dict[str, Any]) -> dict[str, Any]:
                 await nc.publish(settings["stopped_subject"], json.dumps(ready).encode())
                 await nc.flush()
             raise
+        if body == b"fail":
+            raise RuntimeError(f"released to fail (attempt {envelope.get('attempt')})")
         return {"released": body.decode() or True, "attempt": envelope.get("attempt")}
     finally:
         await nc.close()

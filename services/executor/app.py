@@ -8,6 +8,7 @@ import httpx
 
 from kairos.core import db
 from kairos.core.feed import KvMirror
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.runtime import Runtime
 from kairos.executor.notify import Callbacks, Signer
 from kairos.executor.runners import Runners
@@ -30,11 +31,15 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         sessions, config.run_retention, float(config.executor_ack_wait_s), db.create_sync_sqlite_engine(engine)
     )
     stack.push_async_callback(store.stop)
+    runtime.extras["executor.runs"] = store
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})
     stack.push_async_callback(http.aclose)
     signer = Signer(config.notify_signing_secret)
-    callbacks = Callbacks(runtime.js, http, signer, sessions, float(config.executor_ack_wait_s))
+    publisher = JetStreamPublisher(runtime.nats)
+    await publisher.start()
+    stack.push_async_callback(publisher.close)
+    callbacks = Callbacks(runtime.js, publisher, http, signer, sessions, float(config.executor_ack_wait_s))
     await callbacks.start()
     stack.push_async_callback(callbacks.stop)
     # Trigger states from the registry's change feed: a fire of a trigger paused meanwhile is skipped.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from kairos.core import messaging
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.tasks import spawn
 from kairos.executor.models import CallbackStopRow
 from kairos.executor.runs import insert_new, parsed_trigger
@@ -50,7 +51,6 @@ MAX_BACKOFF_S = 60.0
 TIMEOUT_S = 10.0
 CONCURRENCY = 32
 MAX_AGE_S = 7 * 24 * 3600.0
-DUPLICATE_WINDOW_S = 120.0
 RETRIED_STATUSES = {408, 429}
 
 
@@ -78,16 +78,13 @@ def backoff_s(delivery: int) -> float:
 
 
 def stream_config() -> api.StreamConfig:
-    return api.StreamConfig(
-        name=CALLBACKS_STREAM,
-        description="Kairos lifecycle events waiting to be POSTed to their trigger's notify_url",
-        subjects=[f"{CALLBACK_SUBJECT_PREFIX}.>"],
+    """A work queue: a callback is gone from the stream once a consumer acked (or terminated) it."""
+    return messaging.stream_config(
+        CALLBACKS_STREAM,
+        f"{CALLBACK_SUBJECT_PREFIX}.>",
+        "Kairos lifecycle events waiting to be POSTed to their trigger's notify_url",
+        max_age_s=MAX_AGE_S,
         retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
-        discard=api.DiscardPolicy.OLD,
-        num_replicas=1,
-        max_age=MAX_AGE_S,
-        duplicate_window=DUPLICATE_WINDOW_S,
     )
 
 
@@ -101,12 +98,14 @@ class Callbacks:
     def __init__(
         self,
         js: JetStreamContext,
+        publisher: JetStreamPublisher,
         http: httpx.AsyncClient,
         signer: Signer,
         sessions: async_sessionmaker[AsyncSession],
         ack_wait_s: float,
     ) -> None:
         self._js = js
+        self._publisher = publisher
         self._http = http
         self._signer = signer
         self._sessions = sessions
@@ -150,15 +149,29 @@ class Callbacks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def enqueue(self, url: str, event: run_pb2.TraceEvent) -> None:
-        """Stores the callback durably (returns once JetStream has it)."""
-        trigger = parsed_trigger(event.trigger)
-        await self._js.publish(
-            f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
-            event.SerializeToString(),
-            stream=CALLBACKS_STREAM,
-            headers={messaging.MSG_ID_HEADER: event.id, NOTIFY_URL_HEADER: url},
-        )
+    async def enqueue(self, url: str, events: Sequence[run_pb2.TraceEvent]) -> None:
+        """Stores the callbacks of `events` to `url` durably: sends them all, then returns once JetStream has
+        acknowledged every one; raises the first failure (a `JetStreamPublishError`)."""
+        acks = []
+        try:
+            for event in events:
+                trigger = parsed_trigger(event.trigger)
+                acks.append(
+                    await self._publisher.submit(
+                        f"{CALLBACK_SUBJECT_PREFIX}.{trigger.workspace}.{trigger.trigger}",
+                        event.SerializeToString(),
+                        headers={NOTIFY_URL_HEADER: url},
+                        msg_id=event.id,
+                        stream=CALLBACKS_STREAM,
+                    )
+                )
+        except BaseException:
+            for ack in acks:
+                ack.cancel()
+            raise
+        for outcome in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _pull(self, subscription) -> None:
         while True:

@@ -61,6 +61,18 @@ END_EVENTS = {
 }
 
 
+@dataclass(slots=True)
+class RunningAttempt:
+    """An attempt this process runs: the agent's task (CancelRun stops it), the fire's message (in-progress acks)
+    and the lease token the attempt holds. `lost` is set when a renewal of that token was refused: another
+    executor took the run over."""
+
+    agent: asyncio.Task
+    message: Msg
+    lease_token: int
+    lost: bool = False
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """`concurrency` is the fires one executor process works on at once (attempts, waits and writes); it stays
@@ -135,10 +147,7 @@ class FireWorker:
         self._pull_remaining = 0
         self._pull_status = ""
         self._tasks: set[asyncio.Task] = set()
-        self._attempts: dict[str, asyncio.Task] = {}
-        self._in_progress: dict[str, Msg] = {}
-        self._leases: dict[str, int] = {}  # run id -> this process's lease token, while its attempt runs
-        self._lost: set[str] = set()  # runs whose lease another executor took while this one ran them
+        self._running: dict[str, RunningAttempt] = {}  # run id -> its attempt running in this process
         self._heartbeats: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
         self._subscription = None
@@ -254,9 +263,9 @@ class FireWorker:
         return None if self._triggers is None else self._triggers.cached(f"{workspace}.{trigger_id}")
 
     async def _on_cancel(self, message: Msg) -> None:
-        attempt = self._attempts.get(message.data.decode())
+        attempt = self._running.get(message.data.decode())
         if attempt is not None:
-            attempt.cancel()
+            attempt.agent.cancel()
 
     # -- events ------------------------------------------------------------------------------------------
 
@@ -264,9 +273,9 @@ class FireWorker:
         """Queues the callbacks of stored lifecycle events durably (before the fire is acknowledged), then
         publishes the events on kairos.trace.<ws>.<trigger> (`Nats-Msg-Id` = the event id, so the event a
         redelivered fire repeats is stored, and counted by the registry, once)."""
+        if self._callbacks is not None and notify_url and events:
+            await self._callbacks.enqueue(notify_url, events)
         for event in events:
-            if self._callbacks is not None and notify_url:
-                await self._callbacks.enqueue(notify_url, event)
             trigger = parsed_trigger(event.trigger)
             with contextlib.suppress(Exception):
                 await self._nc.publish(
@@ -350,8 +359,7 @@ class FireWorker:
             if self._callbacks is not None and fire.policies.notify_url:
                 # The first delivery may have died between recording its events and queueing their callbacks;
                 # queueing them again is harmless (same Nats-Msg-Id, and receivers dedupe on webhook-id).
-                for event in await self._store.events_of_fire(fire.fire_id):
-                    await self._callbacks.enqueue(fire.policies.notify_url, event)
+                await self._callbacks.enqueue(fire.policies.notify_url, await self._store.events_of_fire(fire.fire_id))
             await message.ack()
             return
         if admission.outcome == "wait":
@@ -377,9 +385,7 @@ class FireWorker:
         document = envelope(fire, name, row.attempt, inputs)
         # Awaited below (not a background task); its own task so CancelRun can stop just this attempt.
         agent = asyncio.create_task(self._runners.run(fire.action.runner, fire.action.agent, document, deadline))
-        self._attempts[row.id] = agent
-        self._in_progress[row.id] = message
-        self._leases[row.id] = row.lease_token
+        attempt = self._running[row.id] = RunningAttempt(agent, message, row.lease_token)
         status, output, error, retryable = Status.RUN_STATUS_COMPLETED, None, "", False
         try:
             output = await asyncio.shield(agent)
@@ -397,11 +403,9 @@ class FireWorker:
         except (TypeError, ValueError) as failure:
             status, error = Status.RUN_STATUS_FAILED, f"the agent's output is not JSON: {failure}"
         finally:
-            self._in_progress.pop(row.id, None)
-            self._attempts.pop(row.id, None)
-            self._leases.pop(row.id, None)
-        if row.id in self._lost:
-            self._lost.discard(row.id)
+            if self._running.get(row.id) is attempt:
+                del self._running[row.id]
+        if attempt.lost:
             log.warning("another executor took this run over while its attempt ran; leaving it to that one", run=name)
             return False
         elapsed = int((datetime.now(UTC) - started).total_seconds() * 1000)
@@ -457,25 +461,29 @@ class FireWorker:
     async def _heartbeat(self) -> None:
         """Each third of ack_wait: renews the lease of every running attempt, stops the attempts whose lease
         another executor took (this process was stalled), and sends in-progress acks for the others, so
-        ack_wait only expires for a fire whose executor is gone or stalled."""
+        ack_wait only expires for a fire whose executor is gone or stalled.
+
+        A refused renewal stops the attempt that held the refused token, never a later attempt of the same
+        run: while the renewal was in flight, the attempt may have failed and the run's next attempt started
+        here with a new token."""
         while True:
             await asyncio.sleep(self._settings.ack_wait_s / 3)
-            if self._leases:
+            renewing = list(self._running.items())
+            if renewing:
                 try:
-                    lost = await self._store.renew_leases(dict(self._leases))
+                    lost = await self._store.renew_leases({run: attempt.lease_token for run, attempt in renewing})
                 except Exception as error:
                     log.warning("renewing run leases failed", error=str(error))
                     lost = set()
-                for run_id in lost:
-                    attempt = self._attempts.get(run_id)
-                    if attempt is not None and self._leases.get(run_id) is not None:
-                        self._lost.add(run_id)
-                        attempt.cancel()
-            for run_id, message in list(self._in_progress.items()):
-                if run_id in self._lost:
+                for run_id, attempt in renewing:
+                    if run_id in lost:
+                        attempt.lost = True
+                        attempt.agent.cancel()
+            for attempt in list(self._running.values()):
+                if attempt.lost:
                     continue
                 with contextlib.suppress(Exception):
-                    await message.in_progress()
+                    await attempt.message.in_progress()
 
     async def _dead_letter(self, message: Msg, fire: fire_pb2.FireRequest, row: RunRow) -> None:
         trigger = parsed_trigger(fire.trigger)

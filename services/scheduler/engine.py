@@ -32,18 +32,16 @@ from kairos.core import messaging
 from kairos.core.errors import KairosError
 from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import parse_trigger
-from kairos.core.schedule import Schedule, compile_schedule
+from kairos.core.schedule import Schedule, compile_schedule, from_micros, to_micros
 from kairos.core.tasks import cancel_and_wait, spawn, wait_event
 from kairos.scheduler.state import (
     NUM_SHARDS,
     ProgressEntry,
     SchedulerState,
     encode_shard_progress,
-    from_micros,
     iso,
     progress_key,
     shard_of,
-    to_micros,
 )
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
 

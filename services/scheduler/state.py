@@ -24,7 +24,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.js.errors
@@ -36,6 +36,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from kairos.core.messaging import SCHEDULER_BUCKET
+from kairos.core.schedule import from_micros, to_micros
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,6 @@ LEASE_PREFIX = "_lease."
 REPLICA_PREFIX = "_replica."
 PROGRESS_PREFIX = "_progress."
 PROGRESS_VERSION = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # One trigger's progress in a shard document: [last instant fired in Unix microseconds or None, skipped].
 ProgressEntry = list[int | None]
@@ -52,14 +52,6 @@ ProgressEntry = list[int | None]
 
 def iso(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def from_micros(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def to_micros(instant: datetime) -> int:
-    return (instant - _EPOCH) // timedelta(microseconds=1)
 
 
 def shard_of(key: str, shards: int = NUM_SHARDS) -> int:

@@ -494,6 +494,16 @@ def test_interval_start_now_fires_at_anchor_then_follows_period() -> None:
     assert without.next_fire_after(anchor) == utc(2026, 5, 5, 13)
 
 
+def test_the_last_fires_are_those_datetime_can_express() -> None:
+    """9999-12-31T23:59:59.999999Z is the last instant; a fire beyond it means the schedule is done."""
+    last_second = interval(1, start=utc(9999, 12, 31, 23, 59, 58))
+    assert last_second.next_fire_after(utc(9999, 12, 31, 23, 59, 58)) == utc(9999, 12, 31, 23, 59, 59)
+    assert last_second.next_fire_after(utc(9999, 12, 31, 23, 59, 59)) is None
+    assert last_second.next_fire_after_us(253_402_300_799_000_000 - 1) == 253_402_300_799_000_000
+    assert cron("0 0 1 1 *").next_fire_after(utc(9999, 1, 1)) is None
+    assert cron("0 0 1 1 *", timezone="Asia/Tokyo").next_fire_after(utc(9999, 1, 1)) is None
+
+
 def test_one_shot_fires_once() -> None:
     source = pb.ScheduleSource(one_shot=pb.OneShotSpec(fire_time=ts(utc(2026, 12, 1, 9))))
     schedule = compile_schedule(source, anchor=ANCHOR)

@@ -63,7 +63,7 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 
 TRACE_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
-# Streams other than KAIROS_FIRES keep the server's default de-duplication window.
+# Streams other than KAIROS_FIRES keep the server's default de-duplication window (stream_config's default).
 _OTHER_DUPLICATE_WINDOW_S = 120.0
 # JetStream API error code: "stream name already in use with a different configuration".
 _ERR_STREAM_NAME_IN_USE = 10058
@@ -197,38 +197,47 @@ async def connect(
 # -- streams and buckets -------------------------------------------------------------------------------
 
 
+def stream_config(
+    name: str,
+    subjects: str,
+    description: str,
+    *,
+    replicas: int = 1,
+    max_age_s: float = 0,
+    duplicate_window_s: float = _OTHER_DUPLICATE_WINDOW_S,
+    retention: RetentionPolicy = RetentionPolicy.LIMITS,
+) -> StreamConfig:
+    """One Kairos stream: file storage, the oldest messages discarded at the limits, `max_age_s` 0 = kept."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subjects],
+        retention=retention,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        max_age=max_age_s,
+        duplicate_window=duplicate_window_s,
+    )
+
+
 def stream_configs(*, replicas: int = 1, duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S) -> list[StreamConfig]:
     """The desired configuration of the four Kairos streams (file storage, limits retention)."""
-
-    def config(name: str, subjects: str, description: str, *, max_age: float = 0, dup: float) -> StreamConfig:
-        return StreamConfig(
-            name=name,
-            description=description,
-            subjects=[subjects],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            num_replicas=replicas,
-            max_age=max_age,
-            duplicate_window=dup,
-        )
-
     return [
         # Limits retention, not WorkQueue: executors share one durable consumer and fires stay readable.
-        config(FIRES_STREAM, FIRES_SUBJECTS, "Kairos fires: one message per agent run", dup=duplicate_window_s),
-        config(EVENTS_STREAM, EVENTS_SUBJECTS, "Kairos platform events", dup=_OTHER_DUPLICATE_WINDOW_S),
-        config(
-            TRACE_STREAM,
-            TRACE_SUBJECTS,
-            "Kairos run traces (7 days)",
-            max_age=TRACE_MAX_AGE_S,
-            dup=_OTHER_DUPLICATE_WINDOW_S,
+        stream_config(
+            FIRES_STREAM,
+            FIRES_SUBJECTS,
+            "Kairos fires: one message per agent run",
+            replicas=replicas,
+            duplicate_window_s=duplicate_window_s,
         ),
-        config(
-            DEAD_LETTERS_STREAM,
-            DEAD_LETTERS_SUBJECTS,
-            "Kairos fires that could not be delivered",
-            dup=_OTHER_DUPLICATE_WINDOW_S,
+        stream_config(EVENTS_STREAM, EVENTS_SUBJECTS, "Kairos platform events", replicas=replicas),
+        stream_config(
+            TRACE_STREAM, TRACE_SUBJECTS, "Kairos run traces (7 days)", replicas=replicas, max_age_s=TRACE_MAX_AGE_S
+        ),
+        stream_config(
+            DEAD_LETTERS_STREAM, DEAD_LETTERS_SUBJECTS, "Kairos fires that could not be delivered", replicas=replicas
         ),
     ]
 

@@ -43,7 +43,7 @@ from croniter import croniter
 from kairos.core.errors import invalid_argument
 from kairos.v1 import trigger_pb2
 
-__all__ = ["MAX_CRON_EXPRESSION_LENGTH", "Schedule", "compile_schedule"]
+__all__ = ["MAX_CRON_EXPRESSION_LENGTH", "Schedule", "compile_schedule", "from_micros", "to_micros"]
 
 MAX_CRON_EXPRESSION_LENGTH = 256
 
@@ -63,6 +63,8 @@ _MAX_DURATION_SECONDS = 315_576_000_000
 # datetime's range, 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z, as Unix seconds.
 _MIN_TIMESTAMP_SECONDS = -62_135_596_800
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799
+_MIN_TIMESTAMP_US = _MIN_TIMESTAMP_SECONDS * 1_000_000
+_MAX_TIMESTAMP_US = _MAX_TIMESTAMP_SECONDS * 1_000_000 + 999_999
 # Safety valve for the cron search loop; each step crosses a transition or skips a whole overlap, so real
 # schedules need a handful.
 _MAX_SEARCH_STEPS = 10_000
@@ -394,17 +396,21 @@ class _OneShotPlan:
     fire_us: int
 
 
-def _micros(instant: datetime, name: str) -> int:
+def to_micros(instant: datetime, name: str = "instant") -> int:
+    """Unix microseconds of a timezone-aware datetime; a naive one is a ValueError that names `name`."""
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime")
     return (instant - _EPOCH) // _ONE_MICROSECOND
 
 
-def _from_micros(us: int) -> datetime | None:
-    try:
-        return _EPOCH + timedelta(microseconds=us)
-    except OverflowError:
-        return None
+def from_micros(us: int) -> datetime:
+    """The UTC datetime of Unix microseconds `us`; OverflowError beyond datetime's range."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _expressible(us: int) -> bool:
+    """Whether Unix microseconds `us` are within datetime's range."""
+    return _MIN_TIMESTAMP_US <= us <= _MAX_TIMESTAMP_US
 
 
 def _humanize_seconds(total: int) -> str:
@@ -459,12 +465,11 @@ class Schedule:
 
     def local_time(self, instant: datetime) -> str:
         """ISO 8601 text of `instant` in the schedule's zone, with its offset."""
-        _micros(instant, "instant")
+        to_micros(instant)
         return instant.astimezone(self.zone).isoformat()
 
     def _local_micros(self, us: int) -> str:
-        instant = _from_micros(us)
-        return instant.astimezone(self.zone).isoformat() if instant is not None else "(out of range)"
+        return from_micros(us).astimezone(self.zone).isoformat() if _expressible(us) else "(out of range)"
 
     def to_proto(self) -> trigger_pb2.ScheduleSource:
         """The source as compiled, with the cron output-only fields filled in."""
@@ -478,8 +483,8 @@ class Schedule:
 
     def next_fire_after(self, after: datetime) -> datetime | None:
         """The first fire instant strictly after `after` (UTC), or None when the schedule is done."""
-        found = self.next_fire_after_us(_micros(after, "after"))
-        return None if found is None else _from_micros(found)
+        found = self.next_fire_after_us(to_micros(after, "after"))
+        return None if found is None else from_micros(found)
 
     def next_fire_after_us(self, after_us: int) -> int | None:
         """`next_fire_after` in Unix microseconds, for callers that keep time as integers (the scheduler)."""
@@ -490,7 +495,7 @@ class Schedule:
             return self._interval_next(plan, after_us)
         try:
             found = self._cron_next(plan.rule, after_us // 1_000_000)
-            if found is None or _from_micros(found * 1_000_000) is None:
+            if found is None or not _MIN_TIMESTAMP_SECONDS <= found <= _MAX_TIMESTAMP_SECONDS:
                 return None
             return found * 1_000_000
         except (OverflowError, ValueError, OSError):  # beyond what datetime / the zone database can express
@@ -498,7 +503,7 @@ class Schedule:
 
     def fires_between(self, start: datetime, end: datetime) -> Iterator[datetime]:
         """Fire instants t with start < t <= end, ascending."""
-        _micros(end, "end")
+        to_micros(end, "end")
         current = self.next_fire_after(start)
         while current is not None and current <= end:
             yield current
@@ -506,7 +511,7 @@ class Schedule:
 
     def jitter_for(self, fire_instant: datetime, trigger_name: str) -> timedelta:
         """Deterministic delay in [0, jitter), and strictly less than the gap to the next fire."""
-        return timedelta(microseconds=self.jitter_us(_micros(fire_instant, "fire_instant"), trigger_name))
+        return timedelta(microseconds=self.jitter_us(to_micros(fire_instant, "fire_instant"), trigger_name))
 
     def jitter_us(self, fire_us: int, trigger_name: str) -> int:
         """`jitter_for` in microseconds, for a fire instant in Unix microseconds."""
@@ -537,7 +542,7 @@ class Schedule:
                 candidate = plan.start_us + ((floor_us - plan.start_us) // plan.every_us + 1) * plan.every_us
         if plan.end_us is not None and candidate >= plan.end_us:
             return None
-        return candidate if _from_micros(candidate) is not None else None
+        return candidate if _expressible(candidate) else None
 
     def _cron_next(self, rule: _CronRule, after: int) -> int | None:
         """First fire instant (Unix seconds) strictly after Unix second `after`.
@@ -617,7 +622,7 @@ def compile_schedule(
 
     Raises `KairosError` (INVALID_ARGUMENT, naming the field under `field_prefix`) for any invalid source.
     """
-    anchor_us = _micros(anchor, "anchor")
+    anchor_us = to_micros(anchor, "anchor")
     p = field_prefix
     kind = source.WhichOneof("spec")
     if kind is None:
