@@ -74,12 +74,7 @@ class Request:
 
 def headers_of(scope: dict) -> dict[str, str]:
     """The request headers by lower-case name (ASGI servers already lower-case them); the first of repeats wins."""
-    headers: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1")
-        if key not in headers:
-            headers[key] = value.decode("latin-1")
-    return headers
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
 class Routes:

@@ -1,8 +1,9 @@
-"""The ingress's route table: static paths, one path parameter at the end or in the middle, and misses."""
+"""The ingress's plain ASGI pieces: the route table (static paths, one path parameter at the end or in the
+middle, misses) and the request headers."""
 
 import pytest
 
-from kairos.ingress.asgi import Routes
+from kairos.ingress.asgi import Routes, headers_of
 
 
 async def hooks(_):
@@ -62,3 +63,8 @@ def test_methods_of_one_path_share_a_route(routes: Routes) -> None:
 def test_more_than_one_parameter_is_refused() -> None:
     with pytest.raises(ValueError, match="more than one parameter"):
         Routes().add(("GET",), "/a/{x}/{y}", hooks)
+
+
+def test_headers_by_name_first_of_repeats_wins() -> None:
+    raw = [(b"webhook-id", b"msg_1"), (b"content-type", b"application/json"), (b"webhook-id", b"msg_2")]
+    assert headers_of({"headers": raw}) == {"webhook-id": "msg_1", "content-type": "application/json"}
