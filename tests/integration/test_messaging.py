@@ -94,6 +94,7 @@ async def test_ensure_all_is_idempotent(nc: Client) -> None:
     assert fires.storage == StorageType.FILE
     assert fires.retention == RetentionPolicy.LIMITS
     assert fires.duplicate_window == 600
+    assert fires.max_age == 7 * 24 * 3600
     assert after[TRACE_STREAM].max_age == 7 * 24 * 3600
     assert after[EVENTS_STREAM].subjects == ["kairos.events.>"]
     assert after[DEAD_LETTERS_STREAM].subjects == ["kairos.dead.>"]

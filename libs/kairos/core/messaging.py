@@ -5,7 +5,7 @@ reconnect settings, idempotently declaring the streams and KV buckets, and publi
 JetStream de-duplication (`Nats-Msg-Id`).
 
 Subjects:
-    kairos.fire.<workspace>.<trigger>        -> stream KAIROS_FIRES        (one fire = one agent run; a webhook
+    kairos.fire.<workspace>.<trigger>        -> stream KAIROS_FIRES        (kept 7 days; one fire = one run; a webhook
                                                                              delivery with a sender's key adds a
                                                                              token of its own, see the ingress)
     kairos.events.<workspace>.<event.type>   -> stream KAIROS_EVENTS       (platform events; the event
@@ -62,6 +62,10 @@ ALL_BUCKETS = (TRIGGERS_BUCKET, WEBHOOKS_BUCKET, API_KEYS_BUCKET, SCHEDULER_BUCK
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 TRACE_MAX_AGE_S = 7 * 24 * 3600.0
+# Fires are kept a week after they are stored, acknowledged or not: long past any executor outage worth
+# surviving, and past the 24 hours a webhook delivery's subject keeps refusing its repeats, while the stream (and
+# nats-server's per-subject index of keyed deliveries) stays bounded.
+FIRES_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
 # Streams other than KAIROS_FIRES keep the server's default de-duplication window (stream_config's default).
 _OTHER_DUPLICATE_WINDOW_S = 120.0
@@ -228,9 +232,10 @@ def stream_configs(*, replicas: int = 1, duplicate_window_s: float = DEFAULT_DUP
         stream_config(
             FIRES_STREAM,
             FIRES_SUBJECTS,
-            "Kairos fires: one message per agent run",
+            "Kairos fires: one message per agent run (7 days)",
             replicas=replicas,
             duplicate_window_s=duplicate_window_s,
+            max_age_s=FIRES_MAX_AGE_S,
         ),
         stream_config(EVENTS_STREAM, EVENTS_SUBJECTS, "Kairos platform events", replicas=replicas),
         stream_config(
