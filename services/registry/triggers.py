@@ -102,7 +102,7 @@ class TriggerRegistry:
         sessions: async_sessionmaker[AsyncSession],
         relay: outbox.OutboxRelay,
         js: JetStreamContext,
-        reader: RowReader | None = None,
+        reader: RowReader,
         transactions: Transactions | None = None,
     ):
         self._sessions = sessions
@@ -237,11 +237,6 @@ class TriggerRegistry:
         return trigger, True
 
     async def get(self, name: TriggerName) -> trigger_pb2.Trigger:
-        if self._reader is None:
-            async with self._sessions() as session:
-                row = await self._row(session, name)
-                stats = await session.get(TriggerStatsRow, name.trigger)
-            return self.with_info(self._decode(row), counters=_counters(stats))
         found = await self._reader.trigger(name.trigger)
         if found is None or found[0] != name.workspace:
             raise not_found(str(name))
@@ -449,7 +444,7 @@ RELEASE_SLOT = {kind: _release_slot(kind) for kind in QUOTA_COLUMNS}
 def _counters(stats: TriggerStatsRow | None) -> tuple | None:
     if stats is None:
         return None
-    return stats.fire_count, stats.skipped_fire_count, stats.consecutive_failures, stats.last_fire_time_ns
+    return tuple(getattr(stats, counter.key) for counter in COUNTERS)
 
 
 ACTIVE_SCHEDULES = select(TriggerRow.id, TriggerRow.revision, TriggerRow.body).where(
