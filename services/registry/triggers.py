@@ -29,7 +29,7 @@ from kairos.core.schedule import Schedule
 from kairos.registry import outbox
 from kairos.registry.models import OutboxRow, TriggerRow, TriggerStatsRow, WebhookRow, WorkspaceRow
 from kairos.registry.reads import COUNTERS, RowReader, ScheduleCache, fill_counters
-from kairos.registry.transactions import Transactions
+from kairos.registry.transactions import PreparedStatement, Transactions
 from kairos.registry.validation import validate_trigger
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2, trigger_service_pb2
 
@@ -44,8 +44,8 @@ WORKSPACE_QUOTA = select(
     WorkspaceRow.schedule_trigger_count,
     WorkspaceRow.webhook_event_trigger_count,
 ).where(WorkspaceRow.id == bindparam("workspace_id"))
-INSERT_TRIGGER = insert(TriggerRow.__table__)
-INSERT_OUTBOX = insert(OutboxRow.__table__)
+INSERT_TRIGGER = PreparedStatement(insert(TriggerRow.__table__))
+INSERT_OUTBOX = PreparedStatement(insert(OutboxRow.__table__))
 SOURCE_KINDS = {
     "schedule": Kind.SOURCE_KIND_SCHEDULE,
     "webhook": Kind.SOURCE_KIND_WEBHOOK,
@@ -139,7 +139,7 @@ class TriggerRegistry:
     def _take_quota(session: Session, workspace_id: str, kind: int) -> None:
         """Counts one more trigger of `kind` on the workspace, or RESOURCE_EXHAUSTED when its quota is full."""
         connection = session.connection()
-        if connection.execute(TAKE_SLOT[kind], {"workspace_id": workspace_id}).rowcount == 1:
+        if TAKE_SLOT[kind].execute(connection, {"workspace_id": workspace_id}) == 1:
             return
         workspace = connection.execute(WORKSPACE_QUOTA, {"workspace_id": workspace_id}).first()
         if workspace is None:
@@ -204,8 +204,8 @@ class TriggerRegistry:
         try:
             # prepared Core statements rather than ORM objects: a fraction of the work per create
             connection = session.connection()
-            connection.execute(
-                INSERT_TRIGGER,
+            INSERT_TRIGGER.execute(
+                connection,
                 {
                     "id": trigger_id,
                     "workspace_id": workspace_id,
@@ -219,8 +219,8 @@ class TriggerRegistry:
                     "update_time": now,
                 },
             )
-            connection.execute(
-                INSERT_OUTBOX,
+            INSERT_OUTBOX.execute(
+                connection,
                 {
                     "bucket": outbox.TRIGGERS,
                     "key": feed_key(workspace_id, trigger_id),
@@ -437,7 +437,7 @@ def _release_slot(kind: int):
     )
 
 
-TAKE_SLOT = {kind: _take_slot(kind) for kind in QUOTA_COLUMNS}
+TAKE_SLOT = {kind: PreparedStatement(_take_slot(kind)) for kind in QUOTA_COLUMNS}
 RELEASE_SLOT = {kind: _release_slot(kind) for kind in QUOTA_COLUMNS}
 
 
