@@ -5,7 +5,9 @@ the event loop per transaction instead of one per driver call (aiosqlite makes a
 thread hand-off that costs 0.1-1 ms on a busy machine). The single thread also serialises this process's writers,
 so they queue in memory instead of sleeping in SQLite's busy handler. A writer waiting for another process's lock
 waits in that thread, never on the event loop. On other databases the same function runs in the async session
-through `run_sync`. Their hot statements are `PreparedStatement`s, which on the writer thread's sqlite3 connection
+through `run_sync`. Creates go through `run_grouped`: the writer thread runs the creates that queued while it was busy
+in one transaction, so they share one commit (SQLite's commit and SQLAlchemy's session work are most of a create's
+cost in this thread). Their hot statements are `PreparedStatement`s, which on the writer thread's sqlite3 connection
 skip SQLAlchemy's per-execution work.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,6 +25,8 @@ from sqlalchemy.engine import Compiled, Connection, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
+
+from kairos.core.errors import KairosError
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
@@ -55,6 +60,7 @@ class Transactions:
             self._engine = _sqlite_engine(database_url)
             self._sync_sessions = sessionmaker(self._engine, expire_on_commit=False)
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-writer")
+        self._grouped: deque[tuple[Callable[[Session], Any], asyncio.Future]] = deque()
 
     async def run(self, work: Callable[[Session], T]) -> T:
         if self._executor is None:
@@ -67,11 +73,84 @@ class Transactions:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, in_writer_thread)
 
+    async def run_grouped(self, work: Callable[[Session], T]) -> T:
+        """Runs `work(session)` and commits it, in the SQLite writer thread together with the other grouped works
+        queued meanwhile. `work` does not commit, and either returns or raises a `KairosError` having written nothing;
+        any other error rolls the group back and each work runs again alone. A work that raises IntegrityError alone
+        (a concurrent writer took the same unique key) runs once more after a rollback, and finds what the other
+        wrote."""
+        if self._executor is None:
+            async with self._sessions() as session:
+                try:
+                    return await session.run_sync(_committed, work)
+                except exc.IntegrityError:
+                    await session.rollback()
+                return await session.run_sync(_committed, work)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._grouped.append((work, future))
+        if len(self._grouped) == 1:
+            # the writer drains the queue until it is empty, so a work queued behind others is taken with them
+            loop.run_in_executor(self._executor, self._run_groups, loop)
+        return await future
+
+    def _run_groups(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._grouped:
+            group = [self._grouped.popleft() for _ in range(len(self._grouped))]
+            outcomes = self._run_group([work for work, _ in group])
+            loop.call_soon_threadsafe(
+                _settle, [(future, *outcome) for (_, future), outcome in zip(group, outcomes, strict=True)]
+            )
+
+    def _run_group(self, works: list[Callable[[Session], Any]]) -> list[tuple[bool, Any]]:
+        """(True, result) or (False, exception) per work."""
+        if len(works) > 1:
+            with self._sync_sessions() as session:
+                outcomes: list[tuple[bool, Any]] = []
+                try:
+                    for work in works:
+                        try:
+                            outcomes.append((True, work(session)))
+                        except KairosError as error:
+                            outcomes.append((False, error))
+                    session.commit()
+                    return outcomes
+                except Exception:
+                    session.rollback()
+        return [self._run_alone(work) for work in works]
+
+    def _run_alone(self, work: Callable[[Session], Any]) -> tuple[bool, Any]:
+        with self._sync_sessions() as session:
+            try:
+                try:
+                    return True, _committed(session, work)
+                except exc.IntegrityError:
+                    session.rollback()
+                return True, _committed(session, work)
+            except Exception as error:
+                return False, error
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _committed(session: Session, work: Callable[[Session], T]) -> T:
+    result = work(session)
+    session.commit()
+    return result
+
+
+def _settle(outcomes: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for future, succeeded, value in outcomes:
+        if future.cancelled():
+            continue
+        if succeeded:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class PreparedStatement:

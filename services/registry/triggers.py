@@ -11,7 +11,6 @@ import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js import JetStreamContext
 from sqlalchemy import Select, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -165,7 +164,7 @@ class TriggerRegistry:
         if len(request_id) > 128:
             raise invalid_argument("INVALID_REQUEST_ID", "request_id", "must be at most 128 characters")
         now = datetime.now(UTC)
-        trigger, created = await self._transactions.run(
+        trigger, created = await self._transactions.run_grouped(
             functools.partial(self._create, workspace_id=workspace_id, draft=draft, request_id=request_id, now=now)
         )
         if created:
@@ -175,7 +174,8 @@ class TriggerRegistry:
     def _create(
         self, session: Session, *, workspace_id: str, draft: trigger_pb2.Trigger, request_id: str, now: datetime
     ) -> tuple[trigger_pb2.Trigger, bool]:
-        """The create transaction: (the trigger, True), or (the one `request_id` created before, False)."""
+        """The create, without its commit: (the trigger, True), or (the one `request_id` created before, False).
+        Validation and the quota refusal come before any write."""
         if request_id:
             existing = session.scalar(
                 select(TriggerRow).where(TriggerRow.workspace_id == workspace_id, TriggerRow.request_id == request_id)
@@ -201,39 +201,27 @@ class TriggerRegistry:
         trigger.create_time.CopyFrom(timestamp(now))
         trigger.update_time.CopyFrom(timestamp(now))
         body = trigger.SerializeToString()
-        try:
-            # prepared Core statements rather than ORM objects: a fraction of the work per create
-            connection = session.connection()
-            INSERT_TRIGGER.execute(
-                connection,
-                {
-                    "id": trigger_id,
-                    "workspace_id": workspace_id,
-                    "request_id": request_id or None,
-                    "state": trigger.state,
-                    "source_kind": kind,
-                    "agent": trigger.action.agent,
-                    "revision": 1,
-                    "body": body,
-                    "create_time": now,
-                    "update_time": now,
-                },
-            )
-            INSERT_OUTBOX.execute(
-                connection,
-                {
-                    "bucket": outbox.TRIGGERS,
-                    "key": feed_key(workspace_id, trigger_id),
-                    "value": body,
-                    "create_time": now,
-                },
-            )
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            if not request_id:
-                raise
-            return self._create(session, workspace_id=workspace_id, draft=draft, request_id=request_id, now=now)
+        # prepared Core statements rather than ORM objects: a fraction of the work per create
+        connection = session.connection()
+        INSERT_TRIGGER.execute(
+            connection,
+            {
+                "id": trigger_id,
+                "workspace_id": workspace_id,
+                "request_id": request_id or None,
+                "state": trigger.state,
+                "source_kind": kind,
+                "agent": trigger.action.agent,
+                "revision": 1,
+                "body": body,
+                "create_time": now,
+                "update_time": now,
+            },
+        )
+        INSERT_OUTBOX.execute(
+            connection,
+            {"bucket": outbox.TRIGGERS, "key": feed_key(workspace_id, trigger_id), "value": body, "create_time": now},
+        )
         return trigger, True
 
     async def get(self, name: TriggerName) -> trigger_pb2.Trigger:
