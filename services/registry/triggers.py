@@ -43,6 +43,11 @@ WORKSPACE_QUOTA = select(
     WorkspaceRow.schedule_trigger_count,
     WorkspaceRow.webhook_event_trigger_count,
 ).where(WorkspaceRow.id == bindparam("workspace_id"))
+CREATED_BY_REQUEST = PreparedStatement(
+    select(TriggerRow.body).where(
+        TriggerRow.workspace_id == bindparam("workspace_id"), TriggerRow.request_id == bindparam("request_id")
+    )
+)
 INSERT_TRIGGER = PreparedStatement(insert(TriggerRow.__table__))
 INSERT_OUTBOX = PreparedStatement(insert(OutboxRow.__table__))
 SOURCE_KINDS = {
@@ -177,11 +182,11 @@ class TriggerRegistry:
         """The create, without its commit: (the trigger, True), or (the one `request_id` created before, False).
         Validation and the quota refusal come before any write."""
         if request_id:
-            existing = session.scalar(
-                select(TriggerRow).where(TriggerRow.workspace_id == workspace_id, TriggerRow.request_id == request_id)
+            existing = CREATED_BY_REQUEST.first(
+                session.connection(), {"workspace_id": workspace_id, "request_id": request_id}
             )
             if existing is not None:
-                return self._decode(existing), False
+                return trigger_pb2.Trigger.FromString(existing[0]), False
         schedule = validate_trigger(draft, now)
         kind = SOURCE_KINDS[draft.source.WhichOneof("kind")]
         self._take_quota(session, workspace_id, kind)

@@ -1,5 +1,5 @@
-"""`PreparedStatement` on the registry's SQLite writer engine stores exactly what SQLAlchemy would, reports the rows
-an UPDATE changed, and turns a constraint violation into the IntegrityError the create transaction handles."""
+"""`PreparedStatement` on the registry's SQLite writer engine stores and reads exactly what SQLAlchemy would,
+reports the rows an UPDATE changed, and turns a constraint violation into the IntegrityError the create handles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import exc, insert
+from sqlalchemy import bindparam, exc, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -89,3 +89,18 @@ def test_a_constraint_violation_is_sqlalchemys_integrity_error(engine: Engine) -
         session.commit()
     assert stored_row(engine, "second") is None
     assert stored_row(engine, "third") is not None
+
+
+def test_a_prepared_select_reads_what_sqlalchemy_reads(engine: Engine) -> None:
+    statement = select(TriggerRow.body, TriggerRow.request_id, TriggerRow.create_time).where(
+        TriggerRow.workspace_id == bindparam("workspace_id"), TriggerRow.request_id == bindparam("request_id")
+    )
+    prepared = PreparedStatement(statement)
+    with Session(engine) as session:
+        session.connection().execute(insert(TriggerRow.__table__), trigger_values("t", "request-1"))
+        session.commit()
+        params = {"workspace_id": "ws", "request_id": "request-1"}
+        found = prepared.first(session.connection(), params)
+        assert found == tuple(session.connection().execute(statement, params).first())
+        assert found == (b"\x00\x01body", "request-1", trigger_values("t", "request-1")["create_time"])
+        assert prepared.first(session.connection(), {"workspace_id": "ws", "request_id": "request-2"}) is None
