@@ -103,32 +103,35 @@ class Transactions:
             )
 
     def _run_group(self, works: list[Callable[[Session], Any]]) -> list[tuple[bool, Any]]:
-        """(True, result) or (False, exception) per work."""
+        """(True, result) or (False, exception) per work; never raises, so every caller is answered."""
         if len(works) > 1:
-            with self._sync_sessions() as session:
-                outcomes: list[tuple[bool, Any]] = []
-                try:
-                    for work in works:
-                        try:
-                            outcomes.append((True, work(session)))
-                        except KairosError as error:
-                            outcomes.append((False, error))
-                    session.commit()
-                    return outcomes
-                except Exception:
-                    session.rollback()
+            try:
+                return self._run_together(works)
+            except Exception:  # rolled back when the session closed; each work runs alone and meets its own error
+                pass
         return [self._run_alone(work) for work in works]
 
-    def _run_alone(self, work: Callable[[Session], Any]) -> tuple[bool, Any]:
+    def _run_together(self, works: list[Callable[[Session], Any]]) -> list[tuple[bool, Any]]:
         with self._sync_sessions() as session:
-            try:
+            outcomes: list[tuple[bool, Any]] = []
+            for work in works:
+                try:
+                    outcomes.append((True, work(session)))
+                except KairosError as error:
+                    outcomes.append((False, error))
+            session.commit()
+            return outcomes
+
+    def _run_alone(self, work: Callable[[Session], Any]) -> tuple[bool, Any]:
+        try:
+            with self._sync_sessions() as session:
                 try:
                     return True, _committed(session, work)
                 except exc.IntegrityError:
                     session.rollback()
                 return True, _committed(session, work)
-            except Exception as error:
-                return False, error
+        except Exception as error:
+            return False, error
 
     def close(self) -> None:
         if self._executor is not None:
