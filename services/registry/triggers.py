@@ -11,7 +11,6 @@ import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js import JetStreamContext
 from sqlalchemy import Select, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -29,7 +28,7 @@ from kairos.core.schedule import Schedule
 from kairos.registry import outbox
 from kairos.registry.models import OutboxRow, TriggerRow, TriggerStatsRow, WebhookRow, WorkspaceRow
 from kairos.registry.reads import COUNTERS, RowReader, ScheduleCache, fill_counters
-from kairos.registry.transactions import Transactions
+from kairos.registry.transactions import PreparedStatement, Transactions
 from kairos.registry.validation import validate_trigger
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2, trigger_service_pb2
 
@@ -44,8 +43,13 @@ WORKSPACE_QUOTA = select(
     WorkspaceRow.schedule_trigger_count,
     WorkspaceRow.webhook_event_trigger_count,
 ).where(WorkspaceRow.id == bindparam("workspace_id"))
-INSERT_TRIGGER = insert(TriggerRow.__table__)
-INSERT_OUTBOX = insert(OutboxRow.__table__)
+CREATED_BY_REQUEST = PreparedStatement(
+    select(TriggerRow.body).where(
+        TriggerRow.workspace_id == bindparam("workspace_id"), TriggerRow.request_id == bindparam("request_id")
+    )
+)
+INSERT_TRIGGER = PreparedStatement(insert(TriggerRow.__table__))
+INSERT_OUTBOX = PreparedStatement(insert(OutboxRow.__table__))
 SOURCE_KINDS = {
     "schedule": Kind.SOURCE_KIND_SCHEDULE,
     "webhook": Kind.SOURCE_KIND_WEBHOOK,
@@ -102,7 +106,7 @@ class TriggerRegistry:
         sessions: async_sessionmaker[AsyncSession],
         relay: outbox.OutboxRelay,
         js: JetStreamContext,
-        reader: RowReader | None = None,
+        reader: RowReader,
         transactions: Transactions | None = None,
     ):
         self._sessions = sessions
@@ -139,7 +143,7 @@ class TriggerRegistry:
     def _take_quota(session: Session, workspace_id: str, kind: int) -> None:
         """Counts one more trigger of `kind` on the workspace, or RESOURCE_EXHAUSTED when its quota is full."""
         connection = session.connection()
-        if connection.execute(TAKE_SLOT[kind], {"workspace_id": workspace_id}).rowcount == 1:
+        if TAKE_SLOT[kind].execute(connection, {"workspace_id": workspace_id}) == 1:
             return
         workspace = connection.execute(WORKSPACE_QUOTA, {"workspace_id": workspace_id}).first()
         if workspace is None:
@@ -165,7 +169,7 @@ class TriggerRegistry:
         if len(request_id) > 128:
             raise invalid_argument("INVALID_REQUEST_ID", "request_id", "must be at most 128 characters")
         now = datetime.now(UTC)
-        trigger, created = await self._transactions.run(
+        trigger, created = await self._transactions.run_grouped(
             functools.partial(self._create, workspace_id=workspace_id, draft=draft, request_id=request_id, now=now)
         )
         if created:
@@ -175,13 +179,14 @@ class TriggerRegistry:
     def _create(
         self, session: Session, *, workspace_id: str, draft: trigger_pb2.Trigger, request_id: str, now: datetime
     ) -> tuple[trigger_pb2.Trigger, bool]:
-        """The create transaction: (the trigger, True), or (the one `request_id` created before, False)."""
+        """The create, without its commit: (the trigger, True), or (the one `request_id` created before, False).
+        Validation and the quota refusal come before any write."""
         if request_id:
-            existing = session.scalar(
-                select(TriggerRow).where(TriggerRow.workspace_id == workspace_id, TriggerRow.request_id == request_id)
+            existing = CREATED_BY_REQUEST.first(
+                session.connection(), {"workspace_id": workspace_id, "request_id": request_id}
             )
             if existing is not None:
-                return self._decode(existing), False
+                return trigger_pb2.Trigger.FromString(existing[0]), False
         schedule = validate_trigger(draft, now)
         kind = SOURCE_KINDS[draft.source.WhichOneof("kind")]
         self._take_quota(session, workspace_id, kind)
@@ -201,47 +206,30 @@ class TriggerRegistry:
         trigger.create_time.CopyFrom(timestamp(now))
         trigger.update_time.CopyFrom(timestamp(now))
         body = trigger.SerializeToString()
-        try:
-            # prepared Core statements rather than ORM objects: a fraction of the work per create
-            connection = session.connection()
-            connection.execute(
-                INSERT_TRIGGER,
-                {
-                    "id": trigger_id,
-                    "workspace_id": workspace_id,
-                    "request_id": request_id or None,
-                    "state": trigger.state,
-                    "source_kind": kind,
-                    "agent": trigger.action.agent,
-                    "revision": 1,
-                    "body": body,
-                    "create_time": now,
-                    "update_time": now,
-                },
-            )
-            connection.execute(
-                INSERT_OUTBOX,
-                {
-                    "bucket": outbox.TRIGGERS,
-                    "key": feed_key(workspace_id, trigger_id),
-                    "value": body,
-                    "create_time": now,
-                },
-            )
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            if not request_id:
-                raise
-            return self._create(session, workspace_id=workspace_id, draft=draft, request_id=request_id, now=now)
+        # prepared Core statements rather than ORM objects: a fraction of the work per create
+        connection = session.connection()
+        INSERT_TRIGGER.execute(
+            connection,
+            {
+                "id": trigger_id,
+                "workspace_id": workspace_id,
+                "request_id": request_id or None,
+                "state": trigger.state,
+                "source_kind": kind,
+                "agent": trigger.action.agent,
+                "revision": 1,
+                "body": body,
+                "create_time": now,
+                "update_time": now,
+            },
+        )
+        INSERT_OUTBOX.execute(
+            connection,
+            {"bucket": outbox.TRIGGERS, "key": feed_key(workspace_id, trigger_id), "value": body, "create_time": now},
+        )
         return trigger, True
 
     async def get(self, name: TriggerName) -> trigger_pb2.Trigger:
-        if self._reader is None:
-            async with self._sessions() as session:
-                row = await self._row(session, name)
-                stats = await session.get(TriggerStatsRow, name.trigger)
-            return self.with_info(self._decode(row), counters=_counters(stats))
         found = await self._reader.trigger(name.trigger)
         if found is None or found[0] != name.workspace:
             raise not_found(str(name))
@@ -442,14 +430,14 @@ def _release_slot(kind: int):
     )
 
 
-TAKE_SLOT = {kind: _take_slot(kind) for kind in QUOTA_COLUMNS}
+TAKE_SLOT = {kind: PreparedStatement(_take_slot(kind)) for kind in QUOTA_COLUMNS}
 RELEASE_SLOT = {kind: _release_slot(kind) for kind in QUOTA_COLUMNS}
 
 
 def _counters(stats: TriggerStatsRow | None) -> tuple | None:
     if stats is None:
         return None
-    return stats.fire_count, stats.skipped_fire_count, stats.consecutive_failures, stats.last_fire_time_ns
+    return tuple(getattr(stats, counter.key) for counter in COUNTERS)
 
 
 ACTIVE_SCHEDULES = select(TriggerRow.id, TriggerRow.revision, TriggerRow.body).where(

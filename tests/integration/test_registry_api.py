@@ -681,6 +681,30 @@ async def test_concurrent_creates_never_pass_the_last_free_slot_together(suite) 
         assert len(await list_all(kairos, source_kind=Kind.SOURCE_KIND_SCHEDULE)) == 2
 
 
+async def test_concurrent_creates_each_get_their_own_outcome(suite) -> None:
+    """Creates arriving together (on SQLite they share one transaction): a rejected one does not undo the others,
+    and every create with one request_id answers with the same trigger."""
+    _, key = await new_workspace_with_quota(suite, "together", workspace_pb2.WorkspaceQuota(max_schedule_triggers=9))
+    async with suite.client(key) as kairos:
+        calls = []
+        for index in range(6):
+            calls.append(create_trigger(kairos, schedule_trigger(cron=f"{index} 3 * * *")))
+            calls.append(create_trigger(kairos, schedule_trigger(cron=f"{index} 4 * * *"), request_id="same"))
+            calls.append(create_trigger(kairos, schedule_trigger(cron="61 * * * *")))
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        distinct, repeated, invalid = outcomes[0::3], outcomes[1::3], outcomes[2::3]
+        assert all(isinstance(outcome, trigger_pb2.Trigger) for outcome in distinct + repeated), outcomes
+        assert len({trigger.name for trigger in distinct}) == 6
+        assert len({trigger.name for trigger in repeated}) == 1
+        assert {(error_details(error).code, error_details(error).reason) for error in invalid} == {
+            (Code.INVALID_ARGUMENT, "INVALID_CRON_EXPRESSION")
+        }
+        listed = {trigger.name for trigger in await list_all(kairos)}
+        assert listed == {trigger.name for trigger in distinct + repeated}
+        for trigger in distinct + repeated:
+            assert (await get_trigger(kairos, trigger.name)).etag == "1"
+
+
 async def test_webhook_secrets_rotation_and_disable(suite) -> None:
     key = await suite.new_workspace("hooks")
     async with suite.client(key) as kairos, httpx.AsyncClient(timeout=10) as http:

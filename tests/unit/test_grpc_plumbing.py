@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 import pytest_asyncio
+import structlog
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -53,6 +54,10 @@ class TriggerServicer(trigger_service_pb2_grpc.TriggerServiceServicer):
             raise invalid_argument("INVALID_CRON_EXPRESSION", "trigger.source.schedule.cron.expression", "bad cron")
         if name.trigger == "boom":
             raise RuntimeError(LEAKY_TEXT)
+        if name.trigger == "request-id":
+            return trigger_service_pb2.GetTriggerResponse(
+                trigger=trigger_pb2.Trigger(display_name=structlog.contextvars.get_contextvars()["request_id"])
+            )
         caller = principal()
         return trigger_service_pb2.GetTriggerResponse(
             trigger=trigger_pb2.Trigger(
@@ -177,6 +182,22 @@ async def test_reflection_serves_the_service_descriptor(running: Running) -> Non
         responses = [response async for response in stub.ServerReflectionInfo(iter([request]), timeout=10)]
     assert responses[0].WhichOneof("message_response") == "file_descriptor_response"
     assert responses[0].file_descriptor_response.file_descriptor_proto
+
+
+async def test_an_unknown_method_is_unimplemented(running: Running) -> None:
+    async with running.channel() as channel:
+        call = channel.unary_unary("/kairos.v1.TriggerService/NoSuchMethod")
+        for _ in range(2):
+            error = await failure(call(b"", metadata=bearer(running.keys.acme), timeout=10))
+            assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_each_call_logs_under_its_own_request_id(running: Running) -> None:
+    name = "workspaces/acme/triggers/request-id"
+    given = (*bearer(running.keys.acme), ("x-request-id", "req_from_the_caller"))
+    assert (await get_trigger(running, name, given)).trigger.display_name == "req_from_the_caller"
+    minted = {(await get_trigger(running, name, bearer(running.keys.acme))).trigger.display_name for _ in range(2)}
+    assert len(minted) == 2 and all(request_id.startswith("req") for request_id in minted)
 
 
 # ---------------------------------------------------------------- authentication

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -26,14 +27,37 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 SERVICES = ("triggers", "webhooks", "workspaces", "runs", "events", "scheduler")
 
 
-class _BearerAuth(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, api_key: str) -> None:
+class _WithApiKey:
+    """A stub method that sends the API key with every call: metadata handed to the call itself costs the client
+    less CPU than a grpc.aio client interceptor (about 40 us a call), which wraps each call in one more object."""
+
+    def __init__(self, multicallable, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._multicallable = multicallable
+        self._metadata = metadata
+
+    def __call__(self, request, *, metadata=None, **kwargs):
+        metadata = self._metadata if metadata is None else (*metadata, *self._metadata)
+        return self._multicallable(request, metadata=metadata, **kwargs)
+
+
+class _ApiKeyChannel:
+    """What the stubs are built on: the channel's methods, each sending the API key."""
+
+    def __init__(self, channel: grpc.aio.Channel, api_key: str) -> None:
+        self._channel = channel
         self._metadata = (("authorization", f"Bearer {api_key}"),)
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        metadata = tuple(client_call_details.metadata or ()) + self._metadata
-        details = client_call_details._replace(metadata=metadata)
-        return await continuation(details, request)
+    def unary_unary(self, *args, **kwargs) -> _WithApiKey:
+        return _WithApiKey(self._channel.unary_unary(*args, **kwargs), self._metadata)
+
+    def unary_stream(self, *args, **kwargs) -> _WithApiKey:
+        return _WithApiKey(self._channel.unary_stream(*args, **kwargs), self._metadata)
+
+    def stream_unary(self, *args, **kwargs) -> _WithApiKey:
+        return _WithApiKey(self._channel.stream_unary(*args, **kwargs), self._metadata)
+
+    def stream_stream(self, *args, **kwargs) -> _WithApiKey:
+        return _WithApiKey(self._channel.stream_stream(*args, **kwargs), self._metadata)
 
 
 class KairosClient:
@@ -43,14 +67,13 @@ class KairosClient:
         unknown = set(targets or {}) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(SERVICES)}")
-        interceptors = [_BearerAuth(api_key)] if api_key else []
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-        def channel(service: str) -> grpc.aio.Channel:
+        def channel(service: str) -> Any:
             address = (targets or {}).get(service, target)
             if address not in self._channels:
-                self._channels[address] = grpc.aio.insecure_channel(address, interceptors=interceptors)
-            return self._channels[address]
+                self._channels[address] = grpc.aio.insecure_channel(address)
+            return _ApiKeyChannel(self._channels[address], api_key) if api_key else self._channels[address]
 
         self.triggers = trigger_service_pb2_grpc.TriggerServiceStub(channel("triggers"))
         self.webhooks = webhook_service_pb2_grpc.WebhookServiceStub(channel("webhooks"))
