@@ -20,10 +20,11 @@ from nats.aio.client import Client as NatsClient
 from kairos.core import messaging, secrets
 from kairos.core.feed import KvMirror
 from kairos.core.jetstream import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     EXPECTED_STREAM_HEADER,
     JetStreamPublisher,
-    JetStreamPublishError,
     PayloadTooLargeError,
+    SubjectNotEmptyError,
 )
 from kairos.core.names import RESOURCE_ID, new_id, parse_trigger
 from kairos.ingress.asgi import Answer, App, BodyTooLarge, Request, Routes, json_answer
@@ -42,10 +43,9 @@ RETRY_AFTER_S = b"5"
 # A sender waits at most PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS for its answer when JetStream is slow to ack.
 PUBLISH_TIMEOUT_S = 2.5
 PUBLISH_ATTEMPTS = 2
-# A keyed delivery's fire is stored only while its subject holds nothing: JetStream refuses a repeat with
-# "wrong last sequence" (API error code 10071), whoever sends it and however late.
-FIRST_ON_SUBJECT = {"Nats-Expected-Last-Subject-Sequence": "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
-WRONG_LAST_SEQUENCE = 10071
+# A keyed delivery's fire is stored only while its subject holds nothing: JetStream refuses a repeat
+# (SubjectNotEmptyError), whoever sends it and however late.
+FIRST_ON_SUBJECT = {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
 # Enum values as module constants: each `EnumType.NAME` lookup goes through a Python __getattr__ (~5 µs).
 SHARED_SECRET_HEADER = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER
 STANDARD_WEBHOOKS = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS
@@ -404,12 +404,12 @@ class WebhookEndpoint:
         started = time.perf_counter()
         try:
             ack = await self._publisher.publish(subject, payload, **options)
+        except SubjectNotEmptyError:
+            return False
         except PayloadTooLargeError as error:
             # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; no 503.
             raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body") from error
         except Exception as error:
-            if isinstance(error, JetStreamPublishError) and error.err_code == WRONG_LAST_SEQUENCE:
-                return False
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))
             raise unavailable() from error
         self._metrics.published(time.perf_counter() - started)

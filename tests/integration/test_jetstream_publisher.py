@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
 from kairos.core.jetstream import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     JetStreamPublisher,
     JetStreamPublishError,
     NoStreamError,
@@ -21,6 +22,7 @@ from kairos.core.jetstream import (
     PubAck,
     PublisherClosedError,
     PublishTimeoutError,
+    SubjectNotEmptyError,
 )
 
 WAIT_S = 10.0
@@ -87,6 +89,17 @@ async def test_subject_no_stream_captures_fails_with_no_stream(publisher) -> Non
     async with asyncio.timeout(WAIT_S):
         with pytest.raises(NoStreamError, match="no stream captures"):
             await publisher.publish(subject, b"x")
+
+
+async def test_a_subject_expected_empty_takes_one_message(nc, stream, publisher) -> None:
+    name, prefix = stream
+    first_only = {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0"}
+    async with asyncio.timeout(WAIT_S):
+        ack = await publisher.publish(f"{prefix}.once", b"first", headers=first_only)
+        with pytest.raises(SubjectNotEmptyError) as raised:
+            await publisher.publish(f"{prefix}.once", b"second", headers=first_only)
+    assert raised.value.err_code == 10071
+    assert (await nc.jetstream().get_last_msg(name, f"{prefix}.once")).seq == ack.seq
 
 
 async def test_wrong_expected_stream_is_refused_with_the_jetstream_error(stream, publisher) -> None:

@@ -35,10 +35,13 @@ from kairos.core.messaging import MSG_ID_HEADER
 from kairos.core.tasks import spawn
 
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
+# With "0", JetStream stores the message only while its subject holds none (else SubjectNotEmptyError).
+EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_ATTEMPTS = 3
 DEFAULT_MAX_IN_FLIGHT = 4096
 _STATUS_HEADER = "Status"
+_ERR_WRONG_LAST_SEQUENCE = 10071
 _NO_RESPONDERS = "503"
 _HEADER_LINE = b"NATS/1.0\r\n"
 _HEADER_KEY_FORBIDDEN = frozenset(":\r\n \t")
@@ -67,6 +70,10 @@ class JetStreamPublishError(Exception):
 
 class NoStreamError(JetStreamPublishError):
     """Nothing listens on the subject: no stream captures it."""
+
+
+class SubjectNotEmptyError(JetStreamPublishError):
+    """The publish expected a last subject sequence (0: an empty subject) that the stream no longer has."""
 
 
 class PublishTimeoutError(JetStreamPublishError, TimeoutError):
@@ -280,9 +287,9 @@ class JetStreamPublisher:
             if error is None:
                 self._finish(entry, ack=PubAck(document["stream"], document["seq"], document.get("duplicate", False)))
                 return
-            failure = JetStreamPublishError(
-                entry.subject, error.get("description", "error"), error.get("code", 0), error.get("err_code", 0)
-            )
+            err_code = error.get("err_code", 0)
+            kind = SubjectNotEmptyError if err_code == _ERR_WRONG_LAST_SEQUENCE else JetStreamPublishError
+            failure = kind(entry.subject, error.get("description", "error"), error.get("code", 0), err_code)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as problem:
             failure = JetStreamPublishError(entry.subject, f"unreadable ack {message.data[:200]!r}: {problem!r}")
         self._finish(entry, error=failure)
