@@ -37,7 +37,8 @@ from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
-from kairos.devtools.processes import ServiceProcesses
+from kairos.devtools.processes import ServiceProcesses, terminate
+from kairos.ingress.app import start_http
 from kairos.ingress.asgi import Answer, send_answer
 from kairos.ingress.endpoint import FIRST_ON_SUBJECT
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
@@ -66,7 +67,7 @@ CONNECTIONS = 64
 WORKSPACE = "bench"
 BODY = b'{"type": "invoice.paid", "data": {"invoice": "in_123", "amount": 4200, "currency": "eur"}}'
 BARE_ANSWER = b'{"event_id":"msg_00000000000000000","status":"accepted"}'
-ACKED_SUBJECT = f"{messaging.fire_subject(WORKSPACE, 'acked')}"
+ACKED_SUBJECT = messaging.fire_subject(WORKSPACE, "acked")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,8 +97,6 @@ class BareApp:
 async def serve_bare(port: int, nats_url: str | None) -> None:
     """BareApp (with a publisher when `nats_url` is given) on the very HTTP server set-up of the ingress
     (kairos.ingress.app.start_http), until SIGTERM."""
-    from kairos.ingress.app import start_http
-
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with AsyncExitStack() as stack:
@@ -230,7 +229,8 @@ class Totals:
             self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
 
 
-async def start_bare(port: int, nats_url: str | None = None) -> asyncio.subprocess.Process:
+async def start_bare(servers: AsyncExitStack, port: int, nats_url: str | None = None) -> asyncio.subprocess.Process:
+    """The bare app in a process of its own, stopped when `servers` closes (even if it never answers)."""
     args = ["bare", str(port)] + ([nats_url] if nats_url else [])
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -241,18 +241,9 @@ async def start_bare(port: int, nats_url: str | None = None) -> asyncio.subproce
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
     )
+    servers.push_async_callback(terminate, process, 15)
     await wait_http(f"http://127.0.0.1:{port}/hooks/x", process, "POST")
     return process
-
-
-async def stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), 15)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
 
 
 async def run(report) -> None:
@@ -270,10 +261,8 @@ async def run(report) -> None:
             processes = await servers.enter_async_context(ServiceProcesses(Path(scratch) / "logs", env))
             ingress = await processes.launch("ingress")
             await wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress.process)
-            bare = await start_bare(bare_port)
-            servers.push_async_callback(stop, bare)
-            acked = await start_bare(acked_port, nats_server.url)
-            servers.push_async_callback(stop, acked)
+            bare = await start_bare(servers, bare_port)
+            acked = await start_bare(servers, acked_port, nats_server.url)
             warm_up = signed_requests(webhook_id, key, WARM_UP)
             for port in (ingress_port, bare_port, acked_port):
                 await drive(port, warm_up, 202)

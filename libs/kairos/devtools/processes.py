@@ -18,6 +18,18 @@ READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 20.0
 
 
+async def terminate(process: asyncio.subprocess.Process, grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM (unless it already exited), then SIGKILL after `grace_s`; the exit code."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace_s):
+            return await process.wait()
+    except TimeoutError:
+        process.kill()
+        return await process.wait()
+
+
 @dataclass
 class ServiceProcess:
     """One service process; `start` again after `kill` or `stop` reuses its port, environment and log file."""
@@ -61,14 +73,7 @@ class ServiceProcess:
         """SIGTERM, then SIGKILL after `grace_s`; the exit code (None if it was never started)."""
         if self.process is None:
             return None
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace_s):
-                return await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            return await self.process.wait()
+        return await terminate(self.process, grace_s)
 
     def log_tail(self, chars: int = 3000) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
