@@ -39,11 +39,12 @@ class ClientGone(Exception):
 
 
 class Request:
-    """The parts of an ASGI HTTP request a handler reads: lower-case headers, the path parameter, the body."""
+    """The parts of an ASGI HTTP request a handler reads: the headers (raw bytes by lower-case name, decoded only
+    where a handler needs text), the path parameter, the body."""
 
     __slots__ = ("_receive", "headers", "param")
 
-    def __init__(self, headers: dict[str, str], param: str, receive: Callable[[], Awaitable[dict]]) -> None:
+    def __init__(self, headers: dict[bytes, bytes], param: str, receive: Callable[[], Awaitable[dict]]) -> None:
         self.headers = headers
         self.param = param
         self._receive = receive
@@ -51,7 +52,7 @@ class Request:
     async def body(self, limit: int) -> bytes:
         """The whole body; raises BodyTooLarge when Content-Length declares more than `limit` bytes, or as soon as
         more than `limit` bytes arrived."""
-        declared = self.headers.get("content-length")
+        declared = self.headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge
         chunks, size = [], 0
@@ -72,9 +73,9 @@ class Request:
         return b"".join(chunks)
 
 
-def headers_of(scope: dict) -> dict[str, str]:
+def headers_of(scope: dict) -> dict[bytes, bytes]:
     """The request headers by lower-case name (ASGI servers already lower-case them); the first of repeats wins."""
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
+    return dict(reversed(scope["headers"]))
 
 
 class Routes:

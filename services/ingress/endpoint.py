@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 
 from kairos.core import messaging, secrets
@@ -37,7 +36,6 @@ log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 EVENT_TYPE_KEYS = ("type", "event_type", "event", "action")
-IDEMPOTENCY_HEADERS = ("webhook-id", "idempotency-key")
 MAX_SENDER_KEY_CHARS = 200
 RETRY_AFTER_S = b"5"
 # A sender waits at most PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS for its answer when JetStream is slow to ack.
@@ -95,10 +93,10 @@ def mapped_fields(body: Any, mapping: dict[str, str]) -> dict[str, Any]:
     return fields
 
 
-def _token(record: feed_pb2.WebhookRecord, headers: dict[str, str]) -> str | None:
+def _token(record: feed_pb2.WebhookRecord, headers: dict[bytes, bytes]) -> str | None:
     if record.webhook.auth_mode == SHARED_SECRET_HEADER:
-        return headers.get("x-trigger-secret") or None
-    scheme, _, token = headers.get("authorization", "").partition(" ")
+        return headers.get(b"x-trigger-secret", b"").decode("latin-1") or None
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
@@ -191,10 +189,10 @@ class WebhookView:
         """The fire id and serialized FireRequest of one accepted request: `raw` is the body as sent, `body` the
         same parsed."""
         fire_id = self.fire_id_prefix + event_id
-        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-        fields = fire_pb2.FireRequest(
-            fire_id=fire_id, event_type=event_type, payload_json=raw, fire_time=Timestamp(seconds=seconds, nanos=nanos)
-        )
+        fields = fire_pb2.FireRequest(fire_id=fire_id, event_type=event_type, payload_json=raw)
+        # Set in place: a Timestamp built apart would be copied into the message.
+        fire_time = fields.fire_time
+        fire_time.seconds, fire_time.nanos = divmod(time.time_ns(), 1_000_000_000)
         overrides = mapped_fields(body, self.field_mapping) if self.field_mapping else None
         if overrides:
             fields.input_overrides.update(overrides)
@@ -300,7 +298,7 @@ class WebhookEndpoint:
         trigger = self._triggers.cached(key) if key else None
         if trigger is None or not trigger.source.HasField("webhook"):
             raise unknown
-        presented = request.headers.get("x-trigger-secret")
+        presented = request.headers.get(b"x-trigger-secret", b"").decode("latin-1")
         if not presented:
             raise Rejection(401, "missing_credentials", "send the webhook's secret in X-Trigger-Secret")
         now = self._clock()
@@ -313,7 +311,7 @@ class WebhookEndpoint:
                 return webhook_id, record
         raise Rejection(401, "invalid_credentials", "the secret matches no X-Trigger-Secret webhook of this trigger")
 
-    def _authenticate_token(self, record: feed_pb2.WebhookRecord, headers: dict[str, str], now: float) -> None:
+    def _authenticate_token(self, record: feed_pb2.WebhookRecord, headers: dict[bytes, bytes], now: float) -> None:
         presented = _token(record, headers)
         if presented is None:
             header = "X-Trigger-Secret" if record.webhook.auth_mode == SHARED_SECRET_HEADER else "Authorization: Bearer"
@@ -365,9 +363,9 @@ class WebhookEndpoint:
                 "this webhook's rate limit is exceeded; retry later",
                 ((b"retry-after", str(retry_after).encode()),),
             )
-        content_type = headers.get("content-type", "")
-        if content_type != "application/json":
-            media_type = content_type.partition(";")[0].strip().lower()
+        content_type = headers.get(b"content-type", b"")
+        if content_type != b"application/json":
+            media_type = content_type.decode("latin-1").partition(";")[0].strip().lower()
             if media_type != "application/json" and not media_type.endswith("+json"):
                 raise Rejection(415, "unsupported_media_type", "send the body as application/json")
         try:
@@ -387,7 +385,8 @@ class WebhookEndpoint:
         if not self._nc.is_connected:
             raise unavailable()
 
-        sender_key = (headers.get("webhook-id") or headers.get("idempotency-key") or "")[:MAX_SENDER_KEY_CHARS]
+        sender_key = (headers.get(b"webhook-id") or headers.get(b"idempotency-key") or b"")[:MAX_SENDER_KEY_CHARS]
+        sender_key = sender_key.decode("latin-1")
         event_id = sender_key or new_id("evt")
         fire_id, fire = view.fire(event_id, event_type, raw, body)
         if sender_key:

@@ -29,15 +29,18 @@ class SignatureError(Exception):
         self.message = message
 
 
-def signed_headers(headers: Mapping[str, str], now_seconds: float, tolerance_s: float) -> tuple[str, str, str]:
-    """The (id, timestamp, signature) headers, checked for presence and freshness before the body is read."""
+def signed_headers(
+    headers: Mapping[bytes, bytes], now_seconds: float, tolerance_s: float
+) -> tuple[bytes, bytes, bytes]:
+    """The raw (id, timestamp, signature) headers, checked for presence and freshness before the body is read:
+    the signature covers the header bytes as sent, so they are never decoded."""
     message_id, timestamp, signature = (
-        headers.get("webhook-id"),
-        headers.get("webhook-timestamp"),
-        headers.get("webhook-signature"),
+        headers.get(b"webhook-id"),
+        headers.get(b"webhook-timestamp"),
+        headers.get(b"webhook-signature"),
     )
     if not (message_id and timestamp and signature):
-        missing = ", ".join(name for name in SIGNATURE_HEADERS if not headers.get(name))
+        missing = ", ".join(name for name in SIGNATURE_HEADERS if not headers.get(name.encode()))
         raise SignatureError("missing_signature_headers", f"send the Standard Webhooks headers {missing}")
     if not timestamp.isdigit() or len(timestamp) > 12:
         raise SignatureError("invalid_timestamp", "webhook-timestamp must be whole seconds since the Unix epoch")
@@ -48,12 +51,12 @@ def signed_headers(headers: Mapping[str, str], now_seconds: float, tolerance_s: 
     return message_id, timestamp, signature
 
 
-def presented_signatures(header: str) -> list[bytes]:
+def presented_signatures(header: bytes) -> list[bytes]:
     """The decoded `v1` signatures of a `webhook-signature` header (other versions are ignored)."""
     signatures = []
-    for item in header.split(" ")[:MAX_SIGNATURES]:
-        version, _, encoded = item.partition(",")
-        if version != "v1" or not encoded:
+    for item in header.split(b" ")[:MAX_SIGNATURES]:
+        version, _, encoded = item.partition(b",")
+        if version != b"v1" or not encoded:
             continue
         try:
             signatures.append(binascii.a2b_base64(encoded, strict_mode=True))
@@ -63,17 +66,19 @@ def presented_signatures(header: str) -> list[bytes]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _keyed_hmac(key: bytes) -> hmac.HMAC:
-    """An HMAC-SHA256 already keyed with `key`: copying it costs half of keying a new one (OpenSSL 3)."""
-    return hmac.new(key, digestmod=hashlib.sha256)
+def _keyed_hmac(key: bytes):
+    """An HMAC-SHA256 already keyed with `key`: copying it costs half of keying a new one (OpenSSL 3). Where the
+    hmac module wraps OpenSSL's HMAC object, that object itself, whose copy/update/digest skip the wrapper."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    return getattr(mac, "_hmac", None) or mac
 
 
-def verify(keys: list[bytes], message_id: str, timestamp: str, body: bytes, signature_header: str) -> None:
+def verify(keys: list[bytes], message_id: bytes, timestamp: bytes, body: bytes, signature_header: bytes) -> None:
     """Raises SignatureError unless one presented signature is the HMAC of the message under one of `keys`."""
     presented = presented_signatures(signature_header)
     if not presented:
         raise SignatureError("invalid_signature", "webhook-signature holds no v1,<base64> signature")
-    signed = b"%s.%s.%s" % (message_id.encode(), timestamp.encode(), body)
+    signed = b"%s.%s.%s" % (message_id, timestamp, body)
     valid = False
     for key in keys:
         mac = _keyed_hmac(key).copy()

@@ -67,4 +67,4 @@ def test_more_than_one_parameter_is_refused() -> None:
 
 def test_headers_by_name_first_of_repeats_wins() -> None:
     raw = [(b"webhook-id", b"msg_1"), (b"content-type", b"application/json"), (b"webhook-id", b"msg_2")]
-    assert headers_of({"headers": raw}) == {"webhook-id": "msg_1", "content-type": "application/json"}
+    assert headers_of({"headers": raw}) == {b"webhook-id": b"msg_1", b"content-type": b"application/json"}

@@ -54,7 +54,9 @@ class CountingSealer(Sealer):
 
 
 def check(keys: list[bytes], headers: dict[str, str], body: bytes, tolerance: float = 300) -> None:
-    message_id, timestamp, signature = signed_headers(headers, NOW, tolerance)
+    """Verifies as the ingress does, on the raw header bytes an ASGI server hands over."""
+    raw = {name.encode(): value.encode() for name, value in headers.items()}
+    message_id, timestamp, signature = signed_headers(raw, NOW, tolerance)
     verify(keys, message_id, timestamp, body, signature)
 
 
@@ -88,6 +90,17 @@ def test_reference_signatures_verify_and_anything_else_is_refused() -> None:
     # several space-separated signatures (a sender rotating its key): any one valid is enough
     rotating = f"{sign(other_secret, 'msg_1', NOW, body)} v1a,xyz {headers['webhook-signature']}"
     check([raw], headers | {"webhook-signature": rotating}, body)
+
+
+def test_signature_covers_the_id_bytes_as_sent() -> None:
+    raw, secret = signing_key()
+    body = b'{"type": "x"}'
+    headers = {
+        "webhook-id": "msg_é✓",
+        "webhook-timestamp": str(NOW),
+        "webhook-signature": sign(secret, "msg_é✓", NOW, body),
+    }
+    check([raw], headers, body)
 
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
