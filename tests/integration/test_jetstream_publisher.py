@@ -150,11 +150,11 @@ class _LosesFirstAck(JetStreamPublisher):
         super().__init__(*args, **kwargs)
         self.lost: list[bytes] = []
 
-    def _settle(self, reply: bytes, data: bytes, no_responders: bool) -> None:
+    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if not self.lost:
             self.lost.append(data)
             return
-        super()._settle(reply, data, no_responders)
+        super()._on_reply(reply, data, headers)
 
 
 async def test_retry_after_a_lost_ack_is_stored_once(nc, stream) -> None:
@@ -501,3 +501,17 @@ async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path) 
                 await client.close()
         finally:
             await server.stop()
+
+
+async def test_a_publish_on_a_closed_connection_fails_at_once(nats_url) -> None:
+    client = await messaging.connect(nats_url, "test-publisher-closed-connection")
+    publisher = JetStreamPublisher(client, timeout=60.0)
+    await publisher.start()
+    await client.close()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(JetStreamPublishError, match="connection is closed"):
+                await publisher.submit_nowait("pubtest.closed", b"x")
+        assert publisher.in_flight == 0
+    finally:
+        await publisher.close()

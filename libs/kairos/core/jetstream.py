@@ -31,7 +31,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import nats.errors
 import orjson
 import structlog
 from nats.aio.client import Client
@@ -155,10 +154,11 @@ class HeaderBlock:
     """A constant set of headers encoded and checked once (a ValueError here when one would break the protocol),
     to pass as `headers=` to every publish that carries it."""
 
-    __slots__ = ("lines", "names")
+    __slots__ = ("block", "lines", "names")
 
     def __init__(self, headers: Mapping[str, str]) -> None:
         self.lines = _header_lines(headers)
+        self.block = _HEADER_LINE + self.lines + b"\r\n"
         self.names = frozenset(headers)
 
     def __repr__(self) -> str:
@@ -375,7 +375,7 @@ class JetStreamPublisher:
             raise PayloadTooLargeError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
         if isinstance(headers, HeaderBlock):
             if msg_id is None and stream is None:
-                return _HEADER_LINE + headers.lines + b"\r\n"
+                return headers.block
             if (msg_id is not None and MSG_ID_HEADER in headers.names) or (
                 stream is not None and EXPECTED_STREAM_HEADER in headers.names
             ):
@@ -429,20 +429,15 @@ class JetStreamPublisher:
             entry.timer = self._loop.call_at(deadline, self._expire_one, reply)
         elif self._sweep_timer is None:
             self._sweep_timer = self._loop.call_at(deadline, self._sweep)
-        try:
-            self._write(entry.command)
-        except Exception as error:
-            if self._pending.pop(reply, None) is entry:
-                self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {error!r}"))
-
-    def _write(self, command: bytes) -> None:
-        """What `nc.publish` does once it has built the command: queue it on the connection and wake the flusher
-        (without `_send_command`'s wait for a flush when the buffer is over its limit: the window bounds it)."""
+        # What `nc.publish` does once it has built the command: queue it on the connection and wake the flusher
+        # (without `_send_command`'s wait for a flush when the buffer is over its limit: the window bounds it).
         nc = self._nc
         if nc.is_closed:
-            raise nats.errors.ConnectionClosedError
-        nc._pending.append(command)
-        nc._pending_data_size += len(command)
+            if self._pending.pop(reply, None) is entry:
+                self._finish(entry, error=JetStreamPublishError(entry.subject, "cannot send: the connection is closed"))
+            return
+        nc._pending.append(entry.command)
+        nc._pending_data_size += len(entry.command)
         flush_queue = nc._flush_queue
         if flush_queue is not None and flush_queue.empty() and nc.is_connected:
             flusher = nc._flusher_task
@@ -487,22 +482,18 @@ class JetStreamPublisher:
         else:
             self._finish(entry, error=PublishTimeoutError(entry.subject, f"no ack within {entry.timeout:g} s"))
 
-    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        """An ack as the protocol parser read it (through `_ReplyRouter`)."""
-        self._settle(reply, data, headers is not None and headers.startswith(_NO_RESPONDERS_STATUS_LINE))
-
     async def _on_reply_message(self, message: Msg) -> None:
         """An ack the nats-py way, when no `_ReplyRouter` fits this nats-py."""
         headers = message.headers
-        self._settle(
-            message.subject.encode(), message.data, bool(headers) and headers.get(_STATUS_HEADER) == _NO_RESPONDERS
-        )
+        no_responders = bool(headers) and headers.get(_STATUS_HEADER) == _NO_RESPONDERS
+        self._on_reply(message.subject.encode(), message.data, _NO_RESPONDERS_STATUS_LINE if no_responders else None)
 
-    def _settle(self, reply: bytes, data: bytes, no_responders: bool) -> None:
+    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """An ack as the protocol parser read it (through `_ReplyRouter`): its reply subject, payload and headers."""
         entry = self._pending.pop(reply, None)
         if entry is None:
             return  # a late ack of an attempt already answered, or of a publish that failed
-        if no_responders:
+        if headers is not None and headers.startswith(_NO_RESPONDERS_STATUS_LINE):
             self._finish(entry, error=NoStreamError(entry.subject, "no stream captures this subject"))
             return
         try:
