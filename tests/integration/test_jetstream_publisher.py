@@ -227,6 +227,9 @@ async def test_publish_before_start_is_an_error(nc) -> None:
     [
         ("bad subject", None, "invalid NATS subject"),
         ("", None, "invalid NATS subject"),
+        (" pubtest.lead", None, "invalid NATS subject"),
+        ("pubtest.trail\t", None, "invalid NATS subject"),
+        ("pubtest.no\u00a0break", None, "invalid NATS subject"),
         ("pubtest.ok", {"X-Bad": "line\r\nbreak"}, "line break"),
         ("pubtest.ok", {"Bad Name": "x"}, "invalid NATS header name"),
         ("pubtest.ok", {"": "x"}, "invalid NATS header name"),
