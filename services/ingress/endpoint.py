@@ -21,9 +21,11 @@ from kairos.core.feed import KvMirror
 from kairos.core.jetstream import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     EXPECTED_STREAM_HEADER,
+    HeaderBlock,
     JetStreamPublisher,
     PayloadTooLargeError,
     SubjectNotEmptyError,
+    WindowFullError,
 )
 from kairos.core.names import RESOURCE_ID, new_id, parse_trigger
 from kairos.ingress.asgi import Answer, App, BodyTooLarge, Request, Routes, json_answer
@@ -42,8 +44,10 @@ RETRY_AFTER_S = b"5"
 PUBLISH_TIMEOUT_S = 2.5
 PUBLISH_ATTEMPTS = 2
 # A keyed delivery's fire is stored only while its subject holds nothing: JetStream refuses a repeat
-# (SubjectNotEmptyError), whoever sends it and however late.
-FIRST_ON_SUBJECT = {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
+# (SubjectNotEmptyError), whoever sends it and however late. Encoded once: every keyed delivery carries it.
+FIRST_ON_SUBJECT = HeaderBlock(
+    {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
+)
 # Enum values as module constants: each `EnumType.NAME` lookup goes through a Python __getattr__ (~5 µs).
 SHARED_SECRET_HEADER = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER
 STANDARD_WEBHOOKS = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS
@@ -402,7 +406,11 @@ class WebhookEndpoint:
         """Publishes a fire; False when JetStream already holds it (a repeated delivery)."""
         started = time.perf_counter()
         try:
-            ack = await self._publisher.publish(subject, payload, **options)
+            try:  # sent at once, one await for the ack
+                pending = self._publisher.submit_nowait(subject, payload, **options)
+            except WindowFullError:
+                pending = await self._publisher.submit(subject, payload, **options)
+            ack = await pending
         except SubjectNotEmptyError:
             return False
         except PayloadTooLargeError as error:

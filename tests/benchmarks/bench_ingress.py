@@ -33,7 +33,7 @@ import uvloop
 
 from kairos.client.builders import action
 from kairos.core import messaging
-from kairos.core.jetstream import JetStreamPublisher
+from kairos.core.jetstream import JetStreamPublisher, WindowFullError
 from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
@@ -90,7 +90,13 @@ class BareApp:
             more = message.get("more_body", False)
         if self._publisher is not None:
             delivery = hashlib.sha256(dict(scope["headers"]).get(b"webhook-id", b"")).hexdigest()[:40]
-            await self._publisher.publish(f"{ACKED_SUBJECT}.{delivery}", b"".join(chunks), headers=FIRST_ON_SUBJECT)
+            subject, body = f"{ACKED_SUBJECT}.{delivery}", b"".join(chunks)
+            # Exactly the ingress's way (WebhookEndpoint._publish): sent at once, one await for the ack.
+            try:
+                pending = self._publisher.submit_nowait(subject, body, headers=FIRST_ON_SUBJECT)
+            except WindowFullError:
+                pending = await self._publisher.submit(subject, body, headers=FIRST_ON_SUBJECT)
+            await pending
         await send_answer(send, Answer(202, BARE_ANSWER))
 
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
+from kairos.core import jetstream, messaging
 from kairos.core.jetstream import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
+    EXPECTED_STREAM_HEADER,
+    HeaderBlock,
     JetStreamPublisher,
     JetStreamPublishError,
     NoStreamError,
@@ -23,7 +27,9 @@ from kairos.core.jetstream import (
     PublisherClosedError,
     PublishTimeoutError,
     SubjectNotEmptyError,
+    WindowFullError,
 )
+from kairos.core.natsserver import EmbeddedNatsServer
 
 WAIT_S = 10.0
 
@@ -144,11 +150,11 @@ class _LosesFirstAck(JetStreamPublisher):
         super().__init__(*args, **kwargs)
         self.lost: list[bytes] = []
 
-    async def _on_reply(self, message) -> None:
+    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if not self.lost:
-            self.lost.append(message.data)
+            self.lost.append(data)
             return
-        await super()._on_reply(message)
+        super()._on_reply(reply, data, headers)
 
 
 async def test_retry_after_a_lost_ack_is_stored_once(nc, stream) -> None:
@@ -221,6 +227,9 @@ async def test_publish_before_start_is_an_error(nc) -> None:
     [
         ("bad subject", None, "invalid NATS subject"),
         ("", None, "invalid NATS subject"),
+        (" pubtest.lead", None, "invalid NATS subject"),
+        ("pubtest.trail\t", None, "invalid NATS subject"),
+        ("pubtest.no\u00a0break", None, "invalid NATS subject"),
         ("pubtest.ok", {"X-Bad": "line\r\nbreak"}, "line break"),
         ("pubtest.ok", {"Bad Name": "x"}, "invalid NATS header name"),
         ("pubtest.ok", {"": "x"}, "invalid NATS header name"),
@@ -239,3 +248,273 @@ async def test_payload_over_the_server_limit_is_refused(nc, publisher) -> None:
 
 async def _ignore(message) -> None:
     """A subscriber that never answers."""
+
+
+class _Silent:
+    """A plain subscriber on a subject: takes every message (so no "no responders") and never answers."""
+
+    def __init__(self) -> None:
+        self.msg_ids: list[str] = []
+        self.changed = asyncio.Event()
+
+    async def receive(self, message) -> None:
+        self.msg_ids.append(message.headers["Nats-Msg-Id"] if message.headers else message.data.decode())
+        self.changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.msg_ids) < count:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def test_one_sweep_retries_and_times_out_publishes_sent_at_different_times(nc) -> None:
+    subject = f"pubtest.sweep.{uuid.uuid4().hex[:12]}"
+    silent = _Silent()
+    listener = await nc.subscribe(subject, cb=silent.receive)
+    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=3)
+    await publisher.start()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            first = publisher.submit_nowait(subject, b"x", msg_id="first")
+            await silent.wait_for(2)  # the first publish was sent again: now the second is the oldest but one
+            second = publisher.submit_nowait(subject, b"x", msg_id="second")
+            for pending in (first, second):
+                with pytest.raises(PublishTimeoutError, match=r"no ack within 0\.2 s"):
+                    await pending
+            await silent.wait_for(6)
+    finally:
+        await publisher.close()
+        await listener.unsubscribe()
+    assert sorted(silent.msg_ids) == ["first"] * 3 + ["second"] * 3
+    assert publisher.in_flight == 0
+
+
+async def test_acknowledged_publishes_are_not_timed_out_by_the_sweep(nc, stream) -> None:
+    name, prefix = stream
+    publisher = JetStreamPublisher(nc, timeout=0.3, attempts=1)
+    await publisher.start()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            for round_ in range(3):  # each round outlives the previous round's deadlines
+                acks = await asyncio.gather(
+                    *(publisher.submit_nowait(f"{prefix}.s", b"x", msg_id=f"{round_}-{i}") for i in range(50))
+                )
+                assert all(not ack.duplicate for ack in acks)
+                silent_subject = f"pubtest.sweep.{uuid.uuid4().hex[:12]}"
+                listener = await nc.subscribe(silent_subject, cb=_ignore)
+                with pytest.raises(PublishTimeoutError):
+                    await publisher.publish(silent_subject, b"x")
+                await listener.unsubscribe()
+    finally:
+        await publisher.close()
+    assert (await nc.jetstream().stream_info(name)).state.messages == 150
+
+
+async def test_a_per_call_timeout_overrides_the_default(nc) -> None:
+    subject = f"pubtest.override.{uuid.uuid4().hex[:12]}"
+    silent = _Silent()
+    listener = await nc.subscribe(subject, cb=silent.receive)
+    publisher = JetStreamPublisher(nc, timeout=60.0, attempts=3)
+    await publisher.start()
+    try:
+        async with asyncio.timeout(WAIT_S):  # far shorter than one default attempt
+            with pytest.raises(PublishTimeoutError, match=r"no ack within 0\.2 s"):
+                await publisher.publish(subject, b"x", msg_id="short", timeout=0.2, attempts=2)
+            await silent.wait_for(2)
+    finally:
+        await publisher.close()
+        await listener.unsubscribe()
+    assert silent.msg_ids == ["short", "short"]
+
+
+async def test_a_longer_per_call_timeout_does_not_hold_back_the_default_ones(nc) -> None:
+    subject = f"pubtest.override.{uuid.uuid4().hex[:12]}"
+    listener = await nc.subscribe(subject, cb=_ignore)
+    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=2)
+    await publisher.start()
+    try:
+        patient = publisher.submit_nowait(subject, b"x", timeout=60.0)  # the oldest publish, with a late deadline
+        async with asyncio.timeout(WAIT_S):
+            for pending in [publisher.submit_nowait(subject, b"x") for _ in range(3)]:
+                with pytest.raises(PublishTimeoutError, match=r"no ack within 0\.2 s"):
+                    await pending
+        assert not patient.done() and publisher.in_flight == 1
+        await publisher.close()
+        with pytest.raises(PublisherClosedError):
+            await patient
+    finally:
+        await publisher.close()
+        await listener.unsubscribe()
+
+
+async def test_a_header_block_is_sent_as_encoded(nc, stream, publisher) -> None:
+    name, prefix = stream
+    block = HeaderBlock({"X-Kind": "block", EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0"})
+    async with asyncio.timeout(WAIT_S):
+        first = await publisher.publish(f"{prefix}.block", b"one", headers=block)
+        with pytest.raises(SubjectNotEmptyError):
+            await publisher.publish(f"{prefix}.block", b"two", headers=block)
+        with_id = await publisher.submit_nowait(f"{prefix}.other", b"three", headers=block, msg_id="b-3", stream=name)
+    stored = await nc.jetstream().get_msg(name, first.seq)
+    assert stored.data == b"one" and stored.headers["X-Kind"] == "block"
+    stored = await nc.jetstream().get_msg(name, with_id.seq)
+    assert stored.headers["X-Kind"] == "block" and stored.headers["Nats-Msg-Id"] == "b-3"
+    assert stored.headers[EXPECTED_STREAM_HEADER] == name
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"X-Bad": "line\r\nbreak"}, "line break"),
+        ({"Bad Name": "x"}, "invalid NATS header name"),
+        ({"": "x"}, "invalid NATS header name"),
+        ({"Bad:Name": "x"}, "invalid NATS header name"),
+    ],
+)
+def test_a_header_block_that_would_break_the_protocol_is_refused_when_encoded(headers, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
+        HeaderBlock(headers)
+
+
+async def test_a_header_block_cannot_be_given_its_msg_id_twice(publisher) -> None:
+    block = HeaderBlock({"Nats-Msg-Id": "in-block"})
+    with pytest.raises(ValueError, match="repeats a header"):
+        publisher.submit_nowait("pubtest.twice", b"x", headers=block, msg_id="again")
+    with pytest.raises(ValueError, match="line break"):
+        publisher.submit_nowait("pubtest.twice", b"x", msg_id="a\r\nb")
+    assert publisher.in_flight == 0
+
+
+async def test_submit_nowait_with_a_full_window_sends_nothing_and_says_so(nc) -> None:
+    subject = f"pubtest.window.{uuid.uuid4().hex[:12]}"
+    silent = _Silent()
+    listener = await nc.subscribe(subject, cb=silent.receive)
+    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0)
+    await publisher.start()
+    try:
+        sent = [publisher.submit_nowait(subject, str(i).encode()) for i in range(2)]
+        with pytest.raises(WindowFullError):
+            publisher.submit_nowait(subject, b"2")
+        async with asyncio.timeout(WAIT_S):
+            await silent.wait_for(2)
+            await nc.flush()  # a round trip: the third publish, had it been sent, arrives before the PONG
+        assert silent.msg_ids == ["0", "1"] and publisher.in_flight == 2
+        await publisher.close()
+        for pending in sent:
+            with pytest.raises(PublisherClosedError):
+                await pending
+    finally:
+        await publisher.close()
+        await listener.unsubscribe()
+
+
+async def test_submit_nowait_before_start_is_an_error(nc) -> None:
+    with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
+        JetStreamPublisher(nc).submit_nowait("pubtest.x", b"x")
+
+
+class _CountsQueuedAcks(JetStreamPublisher):
+    """Counts the acks that reach it through nats-py's subscription (queue and task)."""
+
+    queued = 0
+
+    async def _on_reply_message(self, message) -> None:
+        self.queued += 1
+        await super()._on_reply_message(message)
+
+
+async def test_acks_skip_nats_pys_subscription_queue(nc, stream) -> None:
+    """Fails when a nats-py upgrade no longer lets `_ReplyRouter` take acks from the parser."""
+    name, prefix = stream
+    publisher = _CountsQueuedAcks(nc)
+    await publisher.start()
+    other = _Silent()
+    listener = await nc.subscribe(f"pubtest.other.{name}", cb=other.receive)
+    try:
+        assert publisher.acks_bypass_nats_py
+        async with asyncio.timeout(WAIT_S):
+            acks = await asyncio.gather(*(publisher.submit_nowait(f"{prefix}.r", b"x") for _ in range(20)))
+            await nc.publish(f"pubtest.other.{name}", b"for nats-py")  # other subscriptions: as before
+            await other.wait_for(1)
+    finally:
+        await listener.unsubscribe()
+        await publisher.close()
+    assert [ack.seq for ack in acks] == list(range(1, 21))
+    assert publisher.queued == 0 and other.msg_ids == ["for nats-py"]
+
+
+async def test_a_closed_publisher_leaves_the_next_one_on_the_connection_working(nc, stream) -> None:
+    _, prefix = stream
+    first = JetStreamPublisher(nc)
+    await first.start()
+    async with asyncio.timeout(WAIT_S):
+        assert (await first.publish(f"{prefix}.a", b"x")).seq == 1
+        await first.close()
+        second = JetStreamPublisher(nc)
+        await second.start()
+        try:
+            assert (await second.publish(f"{prefix}.a", b"y")).seq == 2
+        finally:
+            await second.close()
+
+
+async def test_acks_arrive_the_nats_py_way_when_the_router_does_not_fit(nc, stream, monkeypatch) -> None:
+    _, prefix = stream
+    monkeypatch.setattr(jetstream, "_router_fits_nats_py", lambda: False)
+    publisher = _CountsQueuedAcks(nc)
+    await publisher.start()
+    try:
+        assert not publisher.acks_bypass_nats_py
+        async with asyncio.timeout(WAIT_S):
+            ack = await publisher.publish(f"{prefix}.fallback", b"x")
+            with pytest.raises(NoStreamError):
+                await publisher.publish(f"pubtest.nostream.{uuid.uuid4().hex[:12]}", b"x")
+    finally:
+        await publisher.close()
+    assert ack.seq == 1 and publisher.queued == 2
+
+
+async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path) -> None:
+    connected = asyncio.Queue()
+    async with asyncio.timeout(WAIT_S * 3):
+        server = EmbeddedNatsServer(tmp_path / "nats")
+        await server.start()
+        try:
+            client = await messaging.connect(
+                server.url, "test-publisher-restart", on_connection_change=connected.put_nowait, reconnect_time_wait=0.1
+            )
+            publisher = JetStreamPublisher(client, timeout=2.0, attempts=5)
+            try:
+                await client.jetstream().add_stream(StreamConfig(name="RESTART", subjects=["restart.>"]))
+                await publisher.start()
+                assert (await publisher.publish("restart.a", b"before", msg_id="before")).seq == 1
+
+                server.kill()
+                assert await connected.get() is False
+                # Sent while the server is down: nats-py buffers it and flushes it once reconnected.
+                during = publisher.submit_nowait("restart.a", b"during", msg_id="during")
+                await server.start()
+                assert await connected.get() is True
+
+                assert (await during).seq == 2
+                assert (await publisher.publish("restart.a", b"after", msg_id="after")).seq == 3
+                assert publisher.acks_bypass_nats_py
+            finally:
+                await publisher.close()
+                await client.close()
+        finally:
+            await server.stop()
+
+
+async def test_a_publish_on_a_closed_connection_fails_at_once(nats_url) -> None:
+    client = await messaging.connect(nats_url, "test-publisher-closed-connection")
+    publisher = JetStreamPublisher(client, timeout=60.0)
+    await publisher.start()
+    await client.close()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(JetStreamPublishError, match="connection is closed"):
+                await publisher.submit_nowait("pubtest.closed", b"x")
+        assert publisher.in_flight == 0
+    finally:
+        await publisher.close()

@@ -2,15 +2,21 @@
 
 nats-py's `js.publish` waits for each ack on a fresh inbox, and its `publish_async` pays for a task, a random
 token, a per-header regex and a dataclass parse per message. Here every publish's reply subject is
-`<inbox>.<counter>` under one wildcard subscription, the whole HPUB command is built once per publish (headers
-checked once), the PubAck is parsed with orjson, at most `max_in_flight` publishes wait for their
-ack (further publishes wait for a free slot), each attempt has a deadline, and a publish not acknowledged in
+`<inbox>.<counter>` under one wildcard subscription, the whole HPUB command is built once per publish (a constant
+header set is encoded and checked once, as a `HeaderBlock`), the PubAck is parsed with orjson, at most
+`max_in_flight` publishes wait for their ack, each attempt has a deadline, and a publish not acknowledged in
 time is sent again with the same `Nats-Msg-Id`, which JetStream's de-duplication makes safe.
+
+A publish costs one future and one small record: its command goes onto the connection's write buffer
+synchronously (`submit_nowait`), one timer armed for the oldest deadline keeps every publish's deadline (a
+per-call `timeout` gets a timer of its own), and acks go from nats-py's protocol parser straight to the
+publisher (`_ReplyRouter`), not through a Msg, the subscription's queue and its task.
 
     publisher = JetStreamPublisher(nc)
     await publisher.start()
     ack = await publisher.publish("kairos.fire.ws.t1", payload, msg_id="t1@2026-01-01T00:00:00Z")
     pending = await publisher.submit(subject, payload, msg_id=...)  # returns once sent; await `pending` later
+    pending = publisher.submit_nowait(subject, payload, headers=BLOCK)  # WindowFullError when the window is full
     await publisher.close()
 """
 
@@ -19,20 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import itertools
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import nats.errors
 import orjson
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.protocol.command import hpub_cmd, pub_cmd
+from nats.protocol.parser import Parser
 
 from kairos.core.messaging import MSG_ID_HEADER
 from kairos.core.tasks import spawn
+
+log = structlog.get_logger(__name__)
 
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 # With "0", JetStream stores the message only while its subject holds none (else SubjectNotEmptyError).
@@ -43,9 +51,12 @@ DEFAULT_MAX_IN_FLIGHT = 4096
 _STATUS_HEADER = "Status"
 _ERR_WRONG_LAST_SEQUENCE = 10071
 _NO_RESPONDERS = "503"
+_NO_RESPONDERS_STATUS_LINE = b"NATS/1.0 503"
 _HEADER_LINE = b"NATS/1.0\r\n"
 _HEADER_KEY_FORBIDDEN = frozenset(":\r\n \t")
-_WHITESPACE = re.compile(r"\s")
+# uvloop keeps time in milliseconds: its timers may fire up to a millisecond before the deadline they were set for.
+_CLOCK_SLACK_S = 0.001
+_ROUTER_ATTRIBUTE = "_kairos_reply_router"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +99,16 @@ class PayloadTooLargeError(JetStreamPublishError):
     """The message is larger than the server's max payload: permanent, a retry fails the same way."""
 
 
-class _Pending:
-    """One publish waiting for its ack: the whole protocol command, sent again as is on a retry."""
+class WindowFullError(Exception):
+    """`submit_nowait` found `max_in_flight` publishes unacknowledged and sent nothing; `submit` waits instead."""
 
-    __slots__ = ("attempts_left", "command", "future", "subject", "timeout", "timer")
+
+class _Pending:
+    """One publish waiting for its ack: the whole protocol command, sent again as is on a retry.
+
+    `timer` is None for a publish on the publisher's default timeout (the sweep keeps its deadline)."""
+
+    __slots__ = ("attempts_left", "command", "deadline", "future", "subject", "timeout", "timer")
 
     def __init__(self, subject: str, command: bytes, timeout: float, attempts: int, future) -> None:
         self.subject = subject
@@ -99,6 +116,7 @@ class _Pending:
         self.timeout = timeout
         self.attempts_left = attempts
         self.future: asyncio.Future[PubAck] = future
+        self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -109,14 +127,93 @@ def _checked_header_name(key: str) -> str:
     return key
 
 
+def _header_line(key: str, value: str) -> bytes:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"NATS header {key!r} has a line break in its value")
+    return f"{_checked_header_name(key)}: {value}\r\n".encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_header_line(key: str, value: str) -> bytes:
+    """For values that repeat (stream names)."""
+    return _header_line(key, value)
+
+
+def _header_lines(headers: Mapping[str, str]) -> bytes:
+    return b"".join(_header_line(key, value) for key, value in headers.items())
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
     """The NATS header block for `headers`; a key or value that would break the protocol is a ValueError."""
-    lines = []
-    for key, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"NATS header {key!r} has a line break in its value")
-        lines.append(f"{_checked_header_name(key)}: {value}\r\n")
-    return _HEADER_LINE + "".join(lines).encode() + b"\r\n"
+    return _HEADER_LINE + _header_lines(headers) + b"\r\n"
+
+
+class HeaderBlock:
+    """A constant set of headers encoded and checked once (a ValueError here when one would break the protocol),
+    to pass as `headers=` to every publish that carries it."""
+
+    __slots__ = ("block", "lines", "names")
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.lines = _header_lines(headers)
+        self.block = _HEADER_LINE + self.lines + b"\r\n"
+        self.names = frozenset(headers)
+
+    def __repr__(self) -> str:
+        return f"HeaderBlock({self.lines!r})"
+
+
+class _ReplyRouter:
+    """Stands in for the client's `_process_msg`, which nats-py's protocol parser calls for every MSG/HMSG: the
+    messages of the subscriptions in `routes` (by sid) go to their function at once, every other message to
+    nats-py as before. A subscription keeps its sid across reconnects, so its route holds."""
+
+    def __init__(self, nc: Client, loop: asyncio.AbstractEventLoop) -> None:
+        self._stats = nc.stats
+        self._process_msg = nc._process_msg
+        self.routes: dict[int, Callable[[bytes, bytes, bytes | None], None]] = {}
+        # The parser awaits what `_process_msg` returns; an already completed future costs nothing to await.
+        self._done = loop.create_future()
+        self._done.set_result(None)
+
+    def __call__(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None):
+        route = self.routes.get(sid)
+        if route is None:
+            return self._process_msg(sid, subject, reply, data, headers)
+        stats = self._stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        try:
+            route(subject, data, headers)
+        except Exception:  # raised into the parser it would drop the connection
+            log.exception("jetstream.reply_route_failed", subject=subject)
+        return self._done
+
+
+@functools.cache
+def _router_fits_nats_py() -> bool:
+    """Whether nats-py still hands each message to `Client._process_msg(sid, subject, reply, data, headers)` from
+    its parser, as `_ReplyRouter` expects (checked once per process)."""
+    try:
+        parameters = list(inspect.signature(Client._process_msg).parameters)
+        parser_source = inspect.getsource(Parser.parse)
+    except (TypeError, OSError, AttributeError):
+        return False
+    expected = ["self", "sid", "subject", "reply", "data", "headers"]
+    return parameters == expected and "self.nc._process_msg(sid, subject, reply, payload, hdr)" in parser_source
+
+
+def _reply_router(nc: Client, loop: asyncio.AbstractEventLoop) -> _ReplyRouter | None:
+    """The client's router, installed on first use; None when this nats-py does not call what it replaces."""
+    router = nc.__dict__.get(_ROUTER_ATTRIBUTE)
+    if router is None:
+        if not _router_fits_nats_py():
+            log.warning("jetstream.reply_router_unavailable", reason="nats-py's parser changed; acks go its way")
+            return None
+        router = _ReplyRouter(nc, loop)
+        nc._process_msg = router
+        setattr(nc, _ROUTER_ATTRIBUTE, router)
+    return router
 
 
 class JetStreamPublisher:
@@ -139,50 +236,65 @@ class JetStreamPublisher:
         # A full window reopens only once a quarter of it is acknowledged: fewer wake-ups than one per ack.
         self._reopen_at = max_in_flight - max(1, max_in_flight // 4)
         self._room: asyncio.Future[None] | None = None
-        self._pending: dict[str, _Pending] = {}
+        # Insertion order is deadline order for publishes on the default timeout (a retry moves to the end).
+        self._pending: dict[bytes, _Pending] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._counter = itertools.count()
-        self._prefix = ""
+        self._prefix = b""
         self._subscription: Subscription | None = None
+        self._router: _ReplyRouter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._retries: set[asyncio.Task] = set()
+        self._flush_request: asyncio.Future[None] | None = None
 
     @property
     def in_flight(self) -> int:
         """Publishes sent and not yet acknowledged (nor failed)."""
         return len(self._pending)
 
+    @property
+    def acks_bypass_nats_py(self) -> bool:
+        """True when acks go from the protocol parser straight to this publisher (see `_ReplyRouter`)."""
+        return self._router is not None
+
     async def start(self) -> None:
         """Subscribes to the reply inbox; call once before publishing."""
-        self._loop = asyncio.get_running_loop()
-        self._prefix = f"{self._nc.new_inbox()}."
-        # Unbounded: the window already bounds how many acks can be pending.
+        loop = self._loop = asyncio.get_running_loop()
+        # nats-py's flusher completes the future it is handed unless it is already done: one serves every wake-up.
+        self._flush_request = loop.create_future()
+        self._flush_request.set_result(None)
+        inbox = self._nc.new_inbox()
+        self._prefix = f"{inbox}.".encode()
+        # Unbounded: the window already bounds how many acks can be pending. Without a router, acks come this way.
         self._subscription = await self._nc.subscribe(
-            f"{self._prefix}*", cb=self._on_reply, pending_msgs_limit=0, pending_bytes_limit=0
+            f"{inbox}.*", cb=self._on_reply_message, pending_msgs_limit=0, pending_bytes_limit=0
         )
+        self._router = _reply_router(self._nc, loop)
+        if self._router is not None:
+            self._router.routes[self._subscription._id] = self._on_reply
 
     async def publish(
         self,
         subject: str,
         payload: bytes,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | HeaderBlock | None = None,
         msg_id: str | None = None,
         stream: str | None = None,
         timeout: float | None = None,
         attempts: int | None = None,
     ) -> PubAck:
         """Publishes and waits for JetStream's ack; raises a `JetStreamPublishError` when it does not come."""
-        pending = await self.submit(
-            subject, payload, headers=headers, msg_id=msg_id, stream=stream, timeout=timeout, attempts=attempts
-        )
-        return await pending
+        options = {"headers": headers, "msg_id": msg_id, "stream": stream, "timeout": timeout, "attempts": attempts}
+        if len(self._pending) < self._max_in_flight:
+            return await self.submit_nowait(subject, payload, **options)
+        return await (await self.submit(subject, payload, **options))
 
     async def submit(
         self,
         subject: str,
         payload: bytes,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | HeaderBlock | None = None,
         msg_id: str | None = None,
         stream: str | None = None,
         timeout: float | None = None,
@@ -192,48 +304,50 @@ class JetStreamPublisher:
 
         Waits only while `max_in_flight` publishes are unacknowledged. Each attempt waits `timeout` seconds (the
         publisher's default when None); after `attempts` attempts the future fails with `PublishTimeoutError`.
-        `msg_id` sets `Nats-Msg-Id` (without one a retry may store the message twice); `stream` sets
-        `Nats-Expected-Stream`, so a subject captured by another stream is refused.
+        `headers` is a mapping (checked on every call) or a `HeaderBlock` (checked once). `msg_id` sets
+        `Nats-Msg-Id` (without one a retry may store the message twice); `stream` sets `Nats-Expected-Stream`,
+        so a subject captured by another stream is refused.
         """
-        if self._subscription is None:
-            raise RuntimeError("JetStreamPublisher.start() was not called")
-        if not subject or _WHITESPACE.search(subject):
-            raise ValueError(f"invalid NATS subject {subject!r}")
-        if len(payload) > self._nc.max_payload:
-            raise PayloadTooLargeError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
-        if msg_id is not None or stream is not None:
-            headers = dict(headers or {})
-            if msg_id is not None:
-                headers[MSG_ID_HEADER] = msg_id
-            if stream is not None:
-                headers[EXPECTED_STREAM_HEADER] = stream
-        header_block = encode_headers(headers) if headers else None
+        header = self._checked(subject, payload, headers, msg_id, stream)
         while len(self._pending) >= self._max_in_flight:
             if self._room is None or self._room.done():
                 self._room = self._loop.create_future()
             await self._room
             if self._subscription is None:
                 raise PublisherClosedError(subject, "the publisher was closed")
-        future: asyncio.Future = self._loop.create_future()
-        reply = f"{self._prefix}{next(self._counter)}"
-        if header_block is None:
-            command = pub_cmd(subject, reply, payload)
-        else:
-            command = hpub_cmd(subject, reply, header_block, payload)
-        entry = _Pending(subject, command, timeout or self._timeout, attempts or self._attempts, future)
-        self._pending[reply] = entry
-        await self._send(reply, entry)
-        return future
+        return self._send_new(subject, payload, header, timeout, attempts)
+
+    def submit_nowait(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | HeaderBlock | None = None,
+        msg_id: str | None = None,
+        stream: str | None = None,
+        timeout: float | None = None,
+        attempts: int | None = None,
+    ) -> asyncio.Future[PubAck]:
+        """`submit` without waiting: the publish is queued on the connection before this returns. With
+        `max_in_flight` publishes unacknowledged it sends nothing and raises `WindowFullError` (it goes ahead of
+        publishes waiting in `submit`)."""
+        header = self._checked(subject, payload, headers, msg_id, stream)
+        if len(self._pending) >= self._max_in_flight:
+            raise WindowFullError(f"{self._max_in_flight} publishes are waiting for their ack")
+        return self._send_new(subject, payload, header, timeout, attempts)
 
     async def close(self) -> None:
         """Stops listening for acks; publishes still waiting fail with `PublisherClosedError`."""
         subscription, self._subscription = self._subscription, None
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if subscription is not None:
+            if self._router is not None:
+                self._router.routes.pop(subscription._id, None)
             # The connection may already be closed; there is nothing left to undo then.
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-        for retry in list(self._retries):
-            retry.cancel()
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             self._finish(entry, error=PublisherClosedError(entry.subject, "the publisher was closed"))
@@ -242,47 +356,146 @@ class JetStreamPublisher:
 
     # ------------------------------------------------------------------------------------ internals
 
-    async def _send(self, reply: str, entry: _Pending) -> None:
-        """Sends (or sends again) one publish the way `nc.publish` does once its command is built."""
+    def _checked(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str] | HeaderBlock | None,
+        msg_id: str | None,
+        stream: str | None,
+    ) -> bytes | None:
+        """The header block of a publish (None: no headers), once the publish is known to be sendable."""
+        if self._subscription is None:
+            raise RuntimeError("JetStreamPublisher.start() was not called")
+        if subject.split() != [subject]:  # empty, or whitespace in it (as the regex \s, ~3x faster)
+            raise ValueError(f"invalid NATS subject {subject!r}")
+        if len(payload) > self._nc.max_payload:
+            raise PayloadTooLargeError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
+        if isinstance(headers, HeaderBlock):
+            if msg_id is None and stream is None:
+                return headers.block
+            if (msg_id is not None and MSG_ID_HEADER in headers.names) or (
+                stream is not None and EXPECTED_STREAM_HEADER in headers.names
+            ):
+                raise ValueError("msg_id or stream repeats a header of the HeaderBlock")
+            lines = headers.lines
+        elif headers:
+            if msg_id is not None or stream is not None:
+                headers = dict(headers)
+                if msg_id is not None:
+                    headers[MSG_ID_HEADER] = msg_id
+                if stream is not None:
+                    headers[EXPECTED_STREAM_HEADER] = stream
+            return encode_headers(headers)
+        elif msg_id is None and stream is None:
+            return None
+        else:
+            lines = b""
+        if msg_id is not None:
+            lines += _header_line(MSG_ID_HEADER, msg_id)
+        if stream is not None:
+            lines += _cached_header_line(EXPECTED_STREAM_HEADER, stream)
+        return _HEADER_LINE + lines + b"\r\n"
+
+    def _send_new(
+        self, subject: str, payload: bytes, header: bytes | None, timeout: float | None, attempts: int | None
+    ) -> asyncio.Future[PubAck]:
+        future = self._loop.create_future()
+        reply = b"%s%d" % (self._prefix, next(self._counter))
+        if header is None:
+            command = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(payload), payload)
+        else:
+            size = len(header)
+            command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(),
+                reply,
+                size,
+                size + len(payload),
+                header,
+                payload,
+            )
+        entry = _Pending(subject, command, timeout or self._timeout, attempts or self._attempts, future)
+        self._pending[reply] = entry
+        self._send(reply, entry)
+        return future
+
+    def _send(self, reply: bytes, entry: _Pending) -> None:
+        """Sends (or sends again) a publish already in `_pending` and starts its attempt's deadline."""
         entry.attempts_left -= 1
-        entry.timer = self._loop.call_later(entry.timeout, self._expired, reply)
+        entry.deadline = deadline = self._loop.time() + entry.timeout
+        if entry.timeout != self._timeout:
+            entry.timer = self._loop.call_at(deadline, self._expire_one, reply)
+        elif self._sweep_timer is None:
+            self._sweep_timer = self._loop.call_at(deadline, self._sweep)
+        # What `nc.publish` does once it has built the command: queue it on the connection and wake the flusher
+        # (without `_send_command`'s wait for a flush when the buffer is over its limit: the window bounds it).
         nc = self._nc
-        try:
-            if nc.is_closed:
-                raise nats.errors.ConnectionClosedError
-            await nc._send_command(entry.command)
-            if nc._flush_queue is not None and nc._flush_queue.empty():
-                await nc._flush_pending()
-        except Exception as error:
+        if nc.is_closed:
             if self._pending.pop(reply, None) is entry:
-                self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {error!r}"))
+                self._finish(entry, error=JetStreamPublishError(entry.subject, "cannot send: the connection is closed"))
+            return
+        nc._pending.append(entry.command)
+        nc._pending_data_size += len(entry.command)
+        flush_queue = nc._flush_queue
+        if flush_queue is not None and flush_queue.empty() and nc.is_connected:
+            flusher = nc._flusher_task
+            if flusher is None or flusher.done():
+                spawn(nc._flush_pending(), "jetstream-publish-flush")
+            else:
+                flush_queue.put_nowait(self._flush_request)
 
-    def _expired(self, reply: str) -> None:
+    def _sweep(self) -> None:
+        """Ends or retries the attempts on the default timeout whose deadline passed, then waits for the next."""
+        # `_sweep_timer` stays set (to this spent timer) until the end, so a retry below does not arm another.
+        horizon = self._loop.time() + _CLOCK_SLACK_S
+        expired = []
+        for reply, entry in self._pending.items():
+            if entry.timer is not None:
+                continue
+            if entry.deadline > horizon:
+                break
+            expired.append((reply, entry))
+        for reply, entry in expired:
+            if self._pending.get(reply) is entry:
+                self._expire(reply, entry)
+        self._sweep_timer = None
+        for entry in self._pending.values():
+            if entry.timer is None:
+                self._sweep_timer = self._loop.call_at(entry.deadline, self._sweep)
+                break
+
+    def _expire_one(self, reply: bytes) -> None:
         entry = self._pending.get(reply)
-        if entry is None:
-            return
-        if entry.future.done():  # cancelled by its caller: stop retrying
-            del self._pending[reply]
-            self._finish(entry)
-            return
-        if entry.attempts_left > 0:
-            retry = spawn(self._send(reply, entry), "jetstream-publish-retry")
-            self._retries.add(retry)
-            retry.add_done_callback(self._retries.discard)
-            return
-        del self._pending[reply]
-        self._finish(entry, error=PublishTimeoutError(entry.subject, f"no ack within {entry.timeout:g} s"))
+        if entry is not None:
+            entry.timer = None
+            self._expire(reply, entry)
 
-    async def _on_reply(self, message: Msg) -> None:
-        entry = self._pending.pop(message.subject, None)
+    def _expire(self, reply: bytes, entry: _Pending) -> None:
+        del self._pending[reply]
+        if entry.future.done():  # cancelled by its caller: stop retrying
+            self._finish(entry)
+        elif entry.attempts_left > 0:
+            self._pending[reply] = entry  # at the end: the latest deadline
+            self._send(reply, entry)
+        else:
+            self._finish(entry, error=PublishTimeoutError(entry.subject, f"no ack within {entry.timeout:g} s"))
+
+    async def _on_reply_message(self, message: Msg) -> None:
+        """An ack the nats-py way, when no `_ReplyRouter` fits this nats-py."""
+        headers = message.headers
+        no_responders = bool(headers) and headers.get(_STATUS_HEADER) == _NO_RESPONDERS
+        self._on_reply(message.subject.encode(), message.data, _NO_RESPONDERS_STATUS_LINE if no_responders else None)
+
+    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """An ack as the protocol parser read it (through `_ReplyRouter`): its reply subject, payload and headers."""
+        entry = self._pending.pop(reply, None)
         if entry is None:
             return  # a late ack of an attempt already answered, or of a publish that failed
-        headers = message.headers
-        if headers and headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
+        if headers is not None and headers.startswith(_NO_RESPONDERS_STATUS_LINE):
             self._finish(entry, error=NoStreamError(entry.subject, "no stream captures this subject"))
             return
         try:
-            document = orjson.loads(message.data)
+            document = orjson.loads(data)
             error = document.get("error")
             if error is None:
                 self._finish(entry, ack=PubAck(document["stream"], document["seq"], document.get("duplicate", False)))
@@ -291,7 +504,7 @@ class JetStreamPublisher:
             kind = SubjectNotEmptyError if err_code == _ERR_WRONG_LAST_SEQUENCE else JetStreamPublishError
             failure = kind(entry.subject, error.get("description", "error"), error.get("code", 0), err_code)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as problem:
-            failure = JetStreamPublishError(entry.subject, f"unreadable ack {message.data[:200]!r}: {problem!r}")
+            failure = JetStreamPublishError(entry.subject, f"unreadable ack {data[:200]!r}: {problem!r}")
         self._finish(entry, error=failure)
 
     def _finish(self, entry: _Pending, *, ack: PubAck | None = None, error: Exception | None = None) -> None:
