@@ -115,7 +115,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         views=views,
         tolerance_s=config.webhook_tolerance_s,
     )
-    app = build_app(endpoint, metrics, lambda: runtime.nats.is_connected)
+    app = build_app(endpoint, metrics, lambda: runtime.nats.is_connected and publisher.is_connected)
     port = await start_http(stack, app, config.http_host, config.http_port)
     base = config.public_url or f"http://{config.http_host}:{port}"
     runtime.endpoints["webhooks"] = f"{base}/hooks/"

@@ -48,6 +48,7 @@ PUBLISH_ATTEMPTS = 2
 FIRST_ON_SUBJECT = HeaderBlock(
     {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
 )
+KEYED_DELIVERY = {"headers": FIRST_ON_SUBJECT}
 # Enum values as module constants: each `EnumType.NAME` lookup goes through a Python __getattr__ (~5 µs).
 SHARED_SECRET_HEADER = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER
 STANDARD_WEBHOOKS = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS
@@ -386,7 +387,7 @@ class WebhookEndpoint:
             await self._use_current_trigger(view, trigger)
         if not view.active:
             raise Rejection(409, "trigger_not_active", "the trigger this webhook fires is paused or a draft")
-        if not self._nc.is_connected:
+        if not self._publisher.is_connected:
             raise unavailable()
 
         sender_key = (headers.get(b"webhook-id") or headers.get(b"idempotency-key") or b"")[:MAX_SENDER_KEY_CHARS]
@@ -394,25 +395,19 @@ class WebhookEndpoint:
         event_id = sender_key or new_id("evt")
         fire_id, fire = view.fire(event_id, event_type, raw, body)
         if sender_key:
-            subject = f"{view.subject}.{delivery_token(webhook_id, sender_key)}"
-            stored = await self._publish(subject, fire, headers=FIRST_ON_SUBJECT)
+            subject, options = f"{view.subject}.{delivery_token(webhook_id, sender_key)}", KEYED_DELIVERY
         else:
-            stored = await self._publish(view.subject, fire, msg_id=fire_id, stream=messaging.FIRES_STREAM)
-        if not stored:
-            self._metrics.repeated_delivery()
-        return _accepted(event_id)
-
-    async def _publish(self, subject: str, payload: bytes, **options: Any) -> bool:
-        """Publishes a fire; False when JetStream already holds it (a repeated delivery)."""
+            subject, options = view.subject, {"msg_id": fire_id, "stream": messaging.FIRES_STREAM}
         started = time.perf_counter()
         try:
             try:  # sent at once, one await for the ack
-                pending = self._publisher.submit_nowait(subject, payload, **options)
+                pending = self._publisher.submit_nowait(subject, fire, **options)
             except WindowFullError:
-                pending = await self._publisher.submit(subject, payload, **options)
+                pending = await self._publisher.submit(subject, fire, **options)
             ack = await pending
-        except SubjectNotEmptyError:
-            return False
+        except SubjectNotEmptyError:  # JetStream already holds this delivery's fire
+            self._metrics.repeated_delivery()
+            return _accepted(event_id)
         except PayloadTooLargeError as error:
             # Permanent: the fire (body plus the trigger's action) exceeds the NATS max payload; no 503.
             raise Rejection(413, "body_too_large", "the event is too large to store; send a smaller body") from error
@@ -420,7 +415,9 @@ class WebhookEndpoint:
             log.warning("webhook not accepted: JetStream did not acknowledge", error=str(error))
             raise unavailable() from error
         self._metrics.published(time.perf_counter() - started)
-        return not ack.duplicate
+        if ack.duplicate:
+            self._metrics.repeated_delivery()
+        return _accepted(event_id)
 
 
 def _accepted(event_id: str) -> Answer:

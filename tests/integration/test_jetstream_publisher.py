@@ -1,11 +1,17 @@
 """`kairos.core.jetstream.JetStreamPublisher` against a real nats-server (the session server).
 
 Each test declares its own stream on unique subjects, so tests do not see each other's messages.
+Tests that stand a silent subscriber in for a lost ack publish on the subscriber's own connection
+(`own_connection=False`): nats-server may answer "no responders" to a publish from another connection that
+follows a SUB by a few milliseconds, even after that SUB's PING/PONG. The publisher's own connection is put
+through a lost ack by freezing a server of its own instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +20,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from kairos.core import jetstream, messaging
+from kairos.core import messaging
 from kairos.core.jetstream import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     EXPECTED_STREAM_HEADER,
@@ -129,7 +135,7 @@ async def test_times_out_after_every_attempt_when_nobody_acks(nc) -> None:
             third.set()
 
     listener = await nc.subscribe(subject, cb=silent)
-    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=3)
+    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=3, own_connection=False)
     await publisher.start()
     try:
         async with asyncio.timeout(WAIT_S):
@@ -150,11 +156,11 @@ class _LosesFirstAck(JetStreamPublisher):
         super().__init__(*args, **kwargs)
         self.lost: list[bytes] = []
 
-    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+    def _on_reply(self, reply: bytes, data: bytes, no_responders: bool) -> None:
         if not self.lost:
             self.lost.append(data)
             return
-        super()._on_reply(reply, data, headers)
+        super()._on_reply(reply, data, no_responders)
 
 
 async def test_retry_after_a_lost_ack_is_stored_once(nc, stream) -> None:
@@ -171,10 +177,29 @@ async def test_retry_after_a_lost_ack_is_stored_once(nc, stream) -> None:
     assert (await nc.jetstream().stream_info(name)).state.messages == 1
 
 
+async def test_a_frozen_server_times_publishes_out_on_the_own_connection(tmp_path: Path) -> None:
+    async with EmbeddedNatsServer(tmp_path / "nats") as server, asyncio.timeout(WAIT_S):
+        client = await messaging.connect(server.url, "test-publisher-frozen")
+        publisher = JetStreamPublisher(client, timeout=0.2, attempts=2)
+        try:
+            await publisher.start()
+            assert publisher.uses_own_connection
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(PublishTimeoutError, match=r"no ack within 0\.2 s"):
+                    await publisher.publish("frozen.a", b"x", msg_id="frozen")
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert publisher.in_flight == 0
+        finally:
+            await publisher.close()
+            await client.close()
+
+
 async def test_close_fails_publishes_still_waiting(nc) -> None:
     subject = f"pubtest.closing.{uuid.uuid4().hex[:12]}"
     listener = await nc.subscribe(subject, cb=_ignore)
-    publisher = JetStreamPublisher(nc, timeout=30.0)
+    publisher = JetStreamPublisher(nc, timeout=30.0, own_connection=False)
     await publisher.start()
     try:
         pending = await publisher.submit(subject, b"x")
@@ -195,7 +220,7 @@ async def test_a_full_window_holds_further_publishes_back(nc) -> None:
         received.append(message.data)
 
     listener = await nc.subscribe(subject, cb=silent)
-    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0)
+    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0, own_connection=False)
     await publisher.start()
     try:
         first = [await publisher.submit(subject, str(i).encode()) for i in range(2)]
@@ -271,7 +296,7 @@ async def test_one_sweep_retries_and_times_out_publishes_sent_at_different_times
     subject = f"pubtest.sweep.{uuid.uuid4().hex[:12]}"
     silent = _Silent()
     listener = await nc.subscribe(subject, cb=silent.receive)
-    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=3)
+    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=3, own_connection=False)
     await publisher.start()
     try:
         async with asyncio.timeout(WAIT_S):
@@ -291,7 +316,7 @@ async def test_one_sweep_retries_and_times_out_publishes_sent_at_different_times
 
 async def test_acknowledged_publishes_are_not_timed_out_by_the_sweep(nc, stream) -> None:
     name, prefix = stream
-    publisher = JetStreamPublisher(nc, timeout=0.3, attempts=1)
+    publisher = JetStreamPublisher(nc, timeout=0.3, attempts=1, own_connection=False)
     await publisher.start()
     try:
         async with asyncio.timeout(WAIT_S):
@@ -314,7 +339,7 @@ async def test_a_per_call_timeout_overrides_the_default(nc) -> None:
     subject = f"pubtest.override.{uuid.uuid4().hex[:12]}"
     silent = _Silent()
     listener = await nc.subscribe(subject, cb=silent.receive)
-    publisher = JetStreamPublisher(nc, timeout=60.0, attempts=3)
+    publisher = JetStreamPublisher(nc, timeout=60.0, attempts=3, own_connection=False)
     await publisher.start()
     try:
         async with asyncio.timeout(WAIT_S):  # far shorter than one default attempt
@@ -330,7 +355,7 @@ async def test_a_per_call_timeout_overrides_the_default(nc) -> None:
 async def test_a_longer_per_call_timeout_does_not_hold_back_the_default_ones(nc) -> None:
     subject = f"pubtest.override.{uuid.uuid4().hex[:12]}"
     listener = await nc.subscribe(subject, cb=_ignore)
-    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=2)
+    publisher = JetStreamPublisher(nc, timeout=0.2, attempts=2, own_connection=False)
     await publisher.start()
     try:
         patient = publisher.submit_nowait(subject, b"x", timeout=60.0)  # the oldest publish, with a late deadline
@@ -389,7 +414,7 @@ async def test_submit_nowait_with_a_full_window_sends_nothing_and_says_so(nc) ->
     subject = f"pubtest.window.{uuid.uuid4().hex[:12]}"
     silent = _Silent()
     listener = await nc.subscribe(subject, cb=silent.receive)
-    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0)
+    publisher = JetStreamPublisher(nc, max_in_flight=2, timeout=30.0, own_connection=False)
     await publisher.start()
     try:
         sent = [publisher.submit_nowait(subject, str(i).encode()) for i in range(2)]
@@ -423,24 +448,19 @@ class _CountsQueuedAcks(JetStreamPublisher):
         await super()._on_reply_message(message)
 
 
-async def test_acks_skip_nats_pys_subscription_queue(nc, stream) -> None:
-    """Fails when a nats-py upgrade no longer lets `_ReplyRouter` take acks from the parser."""
-    name, prefix = stream
+async def test_publishes_and_acks_go_over_the_publishers_own_connection(nc, stream) -> None:
+    _, prefix = stream
     publisher = _CountsQueuedAcks(nc)
     await publisher.start()
-    other = _Silent()
-    listener = await nc.subscribe(f"pubtest.other.{name}", cb=other.receive)
+    received_before = nc.stats["in_msgs"]
     try:
-        assert publisher.acks_bypass_nats_py
+        assert publisher.uses_own_connection and publisher.is_connected
         async with asyncio.timeout(WAIT_S):
             acks = await asyncio.gather(*(publisher.submit_nowait(f"{prefix}.r", b"x") for _ in range(20)))
-            await nc.publish(f"pubtest.other.{name}", b"for nats-py")  # other subscriptions: as before
-            await other.wait_for(1)
     finally:
-        await listener.unsubscribe()
         await publisher.close()
     assert [ack.seq for ack in acks] == list(range(1, 21))
-    assert publisher.queued == 0 and other.msg_ids == ["for nats-py"]
+    assert publisher.queued == 0 and nc.stats["in_msgs"] == received_before
 
 
 async def test_a_closed_publisher_leaves_the_next_one_on_the_connection_working(nc, stream) -> None:
@@ -458,13 +478,12 @@ async def test_a_closed_publisher_leaves_the_next_one_on_the_connection_working(
             await second.close()
 
 
-async def test_acks_arrive_the_nats_py_way_when_the_router_does_not_fit(nc, stream, monkeypatch) -> None:
+async def test_a_publisher_can_share_the_connection(nc, stream) -> None:
     _, prefix = stream
-    monkeypatch.setattr(jetstream, "_router_fits_nats_py", lambda: False)
-    publisher = _CountsQueuedAcks(nc)
+    publisher = _CountsQueuedAcks(nc, own_connection=False)
     await publisher.start()
     try:
-        assert not publisher.acks_bypass_nats_py
+        assert not publisher.uses_own_connection
         async with asyncio.timeout(WAIT_S):
             ack = await publisher.publish(f"{prefix}.fallback", b"x")
             with pytest.raises(NoStreamError):
@@ -474,7 +493,33 @@ async def test_acks_arrive_the_nats_py_way_when_the_router_does_not_fit(nc, stre
     assert ack.seq == 1 and publisher.queued == 2
 
 
-async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path) -> None:
+async def test_a_publisher_falls_back_to_the_shared_connection_when_its_own_cannot_log_in(tmp_path: Path) -> None:
+    """Credentials nats-py was given as options (not in the URL) are not the wire's to reuse: it shares `nc`."""
+    users = 'authorization { users = [ { user: "kairos", password: "secret" } ] }'
+    async with EmbeddedNatsServer(tmp_path / "nats", extra_config=users) as server, asyncio.timeout(WAIT_S):
+        client = await messaging.connect(server.url, "test-publisher-fallback", user="kairos", password="secret")
+        try:
+            await client.jetstream().add_stream(StreamConfig(name="FALLBACK", subjects=["fallback.>"]))
+            shared = JetStreamPublisher(client)
+            await shared.start()
+            assert not shared.uses_own_connection
+            assert (await shared.publish("fallback.a", b"x")).seq == 1
+            await shared.close()
+        finally:
+            await client.close()
+        in_url = await messaging.connect(f"nats://kairos:secret@{server.host}:{server.port}", "test-publisher-own")
+        try:
+            own = JetStreamPublisher(in_url)
+            await own.start()
+            assert own.uses_own_connection
+            assert (await own.publish("fallback.a", b"y")).seq == 2
+            await own.close()
+        finally:
+            await in_url.close()
+
+
+@pytest.mark.parametrize("own_connection", [True, False])
+async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path, own_connection: bool) -> None:
     connected = asyncio.Queue()
     async with asyncio.timeout(WAIT_S * 3):
         server = EmbeddedNatsServer(tmp_path / "nats")
@@ -483,22 +528,26 @@ async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path) 
             client = await messaging.connect(
                 server.url, "test-publisher-restart", on_connection_change=connected.put_nowait, reconnect_time_wait=0.1
             )
-            publisher = JetStreamPublisher(client, timeout=2.0, attempts=5)
+            publisher = JetStreamPublisher(client, timeout=2.0, attempts=5, own_connection=own_connection)
             try:
                 await client.jetstream().add_stream(StreamConfig(name="RESTART", subjects=["restart.>"]))
                 await publisher.start()
+                assert publisher.uses_own_connection is own_connection
                 assert (await publisher.publish("restart.a", b"before", msg_id="before")).seq == 1
 
                 server.kill()
                 assert await connected.get() is False
-                # Sent while the server is down: nats-py buffers it and flushes it once reconnected.
                 during = publisher.submit_nowait("restart.a", b"during", msg_id="during")
                 await server.start()
                 assert await connected.get() is True
-
-                assert (await during).seq == 2
+                if own_connection:  # the own connection refuses a publish while down, so the sender knows at once
+                    with pytest.raises(JetStreamPublishError, match="cannot send"):
+                        await during
+                    await publisher.wait_connected()
+                    assert (await publisher.publish("restart.a", b"again", msg_id="during")).seq == 2
+                else:  # nats-py buffers it and sends it once reconnected
+                    assert (await during).seq == 2
                 assert (await publisher.publish("restart.a", b"after", msg_id="after")).seq == 3
-                assert publisher.acks_bypass_nats_py
             finally:
                 await publisher.close()
                 await client.close()
@@ -506,9 +555,9 @@ async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path) 
             await server.stop()
 
 
-async def test_a_publish_on_a_closed_connection_fails_at_once(nats_url) -> None:
+async def test_a_publish_on_a_closed_shared_connection_fails_at_once(nats_url) -> None:
     client = await messaging.connect(nats_url, "test-publisher-closed-connection")
-    publisher = JetStreamPublisher(client, timeout=60.0)
+    publisher = JetStreamPublisher(client, timeout=60.0, own_connection=False)
     await publisher.start()
     await client.close()
     try:

@@ -7,10 +7,12 @@ header set is encoded and checked once, as a `HeaderBlock`), the PubAck is parse
 `max_in_flight` publishes wait for their ack, each attempt has a deadline, and a publish not acknowledged in
 time is sent again with the same `Nats-Msg-Id`, which JetStream's de-duplication makes safe.
 
-A publish costs one future and one small record: its command goes onto the connection's write buffer
-synchronously (`submit_nowait`), one timer armed for the oldest deadline keeps every publish's deadline (a
-per-call `timeout` gets a timer of its own), and acks go from nats-py's protocol parser straight to the
-publisher (`_ReplyRouter`), not through a Msg, the subscription's queue and its task.
+A publish costs one future and one small record: its command is queued synchronously (`submit_nowait`), one
+timer armed for the oldest deadline keeps every publish's deadline (a per-call `timeout` gets a timer of its
+own), and the publisher has a NATS connection of its own to the server `nc` is connected to
+(`kairos.core.natswire.PublishConnection`), whose acks reach it without nats-py's parser, Msg objects,
+subscription queue and task. Where that wire cannot connect the way `nc` did (TLS, NKeys, JWT), the publisher
+sends on `nc` and reads acks through a nats-py subscription instead.
 
     publisher = JetStreamPublisher(nc)
     await publisher.start()
@@ -25,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -35,9 +36,9 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.protocol.parser import Parser
 
 from kairos.core.messaging import MSG_ID_HEADER
+from kairos.core.natswire import PublishConnection, UnsupportedServerError, WireDisconnectedError
 from kairos.core.tasks import spawn
 
 log = structlog.get_logger(__name__)
@@ -51,12 +52,10 @@ DEFAULT_MAX_IN_FLIGHT = 4096
 _STATUS_HEADER = "Status"
 _ERR_WRONG_LAST_SEQUENCE = 10071
 _NO_RESPONDERS = "503"
-_NO_RESPONDERS_STATUS_LINE = b"NATS/1.0 503"
 _HEADER_LINE = b"NATS/1.0\r\n"
 _HEADER_KEY_FORBIDDEN = frozenset(":\r\n \t")
 # uvloop keeps time in milliseconds: its timers may fire up to a millisecond before the deadline they were set for.
 _CLOCK_SLACK_S = 0.001
-_ROUTER_ATTRIBUTE = "_kairos_reply_router"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,59 +162,6 @@ class HeaderBlock:
         return f"HeaderBlock({self.lines!r})"
 
 
-class _ReplyRouter:
-    """Stands in for the client's `_process_msg`, which nats-py's protocol parser calls for every MSG/HMSG: the
-    messages of the subscriptions in `routes` (by sid) go to their function at once, every other message to
-    nats-py as before. A subscription keeps its sid across reconnects, so its route holds."""
-
-    def __init__(self, nc: Client, loop: asyncio.AbstractEventLoop) -> None:
-        self._stats = nc.stats
-        self._process_msg = nc._process_msg
-        self.routes: dict[int, Callable[[bytes, bytes, bytes | None], None]] = {}
-        # The parser awaits what `_process_msg` returns; an already completed future costs nothing to await.
-        self._done = loop.create_future()
-        self._done.set_result(None)
-
-    def __call__(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None):
-        route = self.routes.get(sid)
-        if route is None:
-            return self._process_msg(sid, subject, reply, data, headers)
-        stats = self._stats
-        stats["in_msgs"] += 1
-        stats["in_bytes"] += len(data)
-        try:
-            route(subject, data, headers)
-        except Exception:  # raised into the parser it would drop the connection
-            log.exception("jetstream.reply_route_failed", subject=subject)
-        return self._done
-
-
-@functools.cache
-def _router_fits_nats_py() -> bool:
-    """Whether nats-py still hands each message to `Client._process_msg(sid, subject, reply, data, headers)` from
-    its parser, as `_ReplyRouter` expects (checked once per process)."""
-    try:
-        parameters = list(inspect.signature(Client._process_msg).parameters)
-        parser_source = inspect.getsource(Parser.parse)
-    except (TypeError, OSError, AttributeError):
-        return False
-    expected = ["self", "sid", "subject", "reply", "data", "headers"]
-    return parameters == expected and "self.nc._process_msg(sid, subject, reply, payload, hdr)" in parser_source
-
-
-def _reply_router(nc: Client, loop: asyncio.AbstractEventLoop) -> _ReplyRouter | None:
-    """The client's router, installed on first use; None when this nats-py does not call what it replaces."""
-    router = nc.__dict__.get(_ROUTER_ATTRIBUTE)
-    if router is None:
-        if not _router_fits_nats_py():
-            log.warning("jetstream.reply_router_unavailable", reason="nats-py's parser changed; acks go its way")
-            return None
-        router = _ReplyRouter(nc, loop)
-        nc._process_msg = router
-        setattr(nc, _ROUTER_ATTRIBUTE, router)
-    return router
-
-
 class JetStreamPublisher:
     """Publishes to JetStream with a bounded window of unacknowledged publishes on one NATS connection."""
 
@@ -226,7 +172,10 @@ class JetStreamPublisher:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout: float = DEFAULT_TIMEOUT_S,
         attempts: int = DEFAULT_ATTEMPTS,
+        own_connection: bool = True,
     ) -> None:
+        """`own_connection=False` publishes on `nc` itself (what the publisher falls back to anyway when its own
+        connection cannot be opened the way `nc`'s was)."""
         if max_in_flight < 1 or timeout <= 0 or attempts < 1:
             raise ValueError("max_in_flight and attempts must be at least 1 and timeout positive")
         self._nc = nc
@@ -241,8 +190,10 @@ class JetStreamPublisher:
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._counter = itertools.count()
         self._prefix = b""
+        self._own_connection = own_connection
+        self._wire: PublishConnection | None = None
         self._subscription: Subscription | None = None
-        self._router: _ReplyRouter | None = None
+        self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_request: asyncio.Future[None] | None = None
 
@@ -252,25 +203,56 @@ class JetStreamPublisher:
         return len(self._pending)
 
     @property
-    def acks_bypass_nats_py(self) -> bool:
-        """True when acks go from the protocol parser straight to this publisher (see `_ReplyRouter`)."""
-        return self._router is not None
+    def uses_own_connection(self) -> bool:
+        """True when publishes and acks go over the publisher's own `PublishConnection`, not over `nc`."""
+        return self._wire is not None
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a publish can be sent now (one sent while not connected fails at once)."""
+        return self._wire.is_connected if self._wire is not None else self._nc.is_connected
+
+    async def wait_connected(self) -> None:
+        """Returns once a publish will not fail for want of a connection: with a shared `nc` at once (nats-py
+        buffers publishes while it reconnects)."""
+        if self._wire is not None:
+            await self._wire.wait_connected()
 
     async def start(self) -> None:
-        """Subscribes to the reply inbox; call once before publishing."""
+        """Opens the publisher's own connection (or subscribes its reply inbox on `nc`); call once before publishing."""
         loop = self._loop = asyncio.get_running_loop()
-        # nats-py's flusher completes the future it is handed unless it is already done: one serves every wake-up.
-        self._flush_request = loop.create_future()
-        self._flush_request.set_result(None)
-        inbox = self._nc.new_inbox()
-        self._prefix = f"{inbox}.".encode()
-        # Unbounded: the window already bounds how many acks can be pending. Without a router, acks come this way.
-        self._subscription = await self._nc.subscribe(
-            f"{inbox}.*", cb=self._on_reply_message, pending_msgs_limit=0, pending_bytes_limit=0
-        )
-        self._router = _reply_router(self._nc, loop)
-        if self._router is not None:
-            self._router.routes[self._subscription._id] = self._on_reply
+        if self._own_connection:
+            self._wire = await self._open_wire()
+        if self._wire is not None:
+            self._prefix = self._wire.reply_prefix.encode()
+        else:
+            # nats-py's flusher completes the future it is handed unless it is already done: one serves every wake-up.
+            self._flush_request = loop.create_future()
+            self._flush_request.set_result(None)
+            inbox = self._nc.new_inbox()
+            self._prefix = f"{inbox}.".encode()
+            # Unbounded: the window already bounds how many acks can be pending.
+            self._subscription = await self._nc.subscribe(
+                f"{inbox}.*", cb=self._on_reply_message, pending_msgs_limit=0, pending_bytes_limit=0
+            )
+        self._started = True
+
+    async def _open_wire(self) -> PublishConnection | None:
+        """A started connection of the publisher's own to the server `nc` is connected to; None (publish on `nc`)
+        when it cannot connect the way `nc` did."""
+        url = self._nc.connected_url
+        if url is None:
+            raise JetStreamPublishError("", "the NATS connection is not connected")
+        wire = None
+        try:
+            wire = PublishConnection(url.geturl(), f"{self._nc.options.get('name') or 'kairos'}-publisher")
+            await wire.start(self._on_reply)
+        except UnsupportedServerError as reason:
+            log.info("jetstream publisher shares the NATS connection", reason=str(reason))
+            if wire is not None:
+                await wire.close()
+            return None
+        return wire
 
     async def publish(
         self,
@@ -313,7 +295,7 @@ class JetStreamPublisher:
             if self._room is None or self._room.done():
                 self._room = self._loop.create_future()
             await self._room
-            if self._subscription is None:
+            if not self._started:
                 raise PublisherClosedError(subject, "the publisher was closed")
         return self._send_new(subject, payload, header, timeout, attempts)
 
@@ -338,13 +320,14 @@ class JetStreamPublisher:
 
     async def close(self) -> None:
         """Stops listening for acks; publishes still waiting fail with `PublisherClosedError`."""
+        self._started = False
         subscription, self._subscription = self._subscription, None
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
+        if self._wire is not None:
+            await self._wire.close()
         if subscription is not None:
-            if self._router is not None:
-                self._router.routes.pop(subscription._id, None)
             # The connection may already be closed; there is nothing left to undo then.
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -365,12 +348,13 @@ class JetStreamPublisher:
         stream: str | None,
     ) -> bytes | None:
         """The header block of a publish (None: no headers), once the publish is known to be sendable."""
-        if self._subscription is None:
+        if not self._started:
             raise RuntimeError("JetStreamPublisher.start() was not called")
         if subject.split() != [subject]:  # empty, or whitespace in it (as the regex \s, ~3x faster)
             raise ValueError(f"invalid NATS subject {subject!r}")
-        if len(payload) > self._nc.max_payload:
-            raise PayloadTooLargeError(subject, f"payload of {len(payload)} bytes exceeds {self._nc.max_payload}")
+        max_payload = self._wire.max_payload if self._wire is not None else self._nc.max_payload
+        if len(payload) > max_payload:
+            raise PayloadTooLargeError(subject, f"payload of {len(payload)} bytes exceeds {max_payload}")
         if isinstance(headers, HeaderBlock):
             if msg_id is None and stream is None:
                 return headers.block
@@ -427,6 +411,13 @@ class JetStreamPublisher:
             entry.timer = self._loop.call_at(deadline, self._expire_one, reply)
         elif self._sweep_timer is None:
             self._sweep_timer = self._loop.call_at(deadline, self._sweep)
+        if self._wire is not None:
+            try:
+                self._wire.send(entry.command)
+            except WireDisconnectedError as error:
+                if self._pending.pop(reply, None) is entry:
+                    self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {error}"))
+            return
         # What `nc.publish` does once it has built the command: queue it on the connection and wake the flusher
         # (without `_send_command`'s wait for a flush when the buffer is over its limit: the window bounds it).
         nc = self._nc
@@ -481,17 +472,18 @@ class JetStreamPublisher:
             self._finish(entry, error=PublishTimeoutError(entry.subject, f"no ack within {entry.timeout:g} s"))
 
     async def _on_reply_message(self, message: Msg) -> None:
-        """An ack the nats-py way, when no `_ReplyRouter` fits this nats-py."""
+        """An ack through nats-py, when the publisher shares `nc`."""
         headers = message.headers
-        no_responders = bool(headers) and headers.get(_STATUS_HEADER) == _NO_RESPONDERS
-        self._on_reply(message.subject.encode(), message.data, _NO_RESPONDERS_STATUS_LINE if no_responders else None)
+        self._on_reply(
+            message.subject.encode(), message.data, bool(headers) and headers.get(_STATUS_HEADER) == _NO_RESPONDERS
+        )
 
-    def _on_reply(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        """An ack as the protocol parser read it (through `_ReplyRouter`): its reply subject, payload and headers."""
+    def _on_reply(self, reply: bytes, data: bytes, no_responders: bool) -> None:
+        """An ack: its reply subject and payload, or the server's word that no stream captures the subject."""
         entry = self._pending.pop(reply, None)
         if entry is None:
             return  # a late ack of an attempt already answered, or of a publish that failed
-        if headers is not None and headers.startswith(_NO_RESPONDERS_STATUS_LINE):
+        if no_responders:
             self._finish(entry, error=NoStreamError(entry.subject, "no stream captures this subject"))
             return
         try:

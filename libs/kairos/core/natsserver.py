@@ -98,9 +98,11 @@ class EmbeddedNatsServer:
         binary: Path | None = None,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         max_payload: int = MAX_PAYLOAD_BYTES,
+        extra_config: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.max_payload = max_payload
+        self.extra_config = extra_config
         self.host = host
         self.server_name = server_name
         self.start_timeout_s = start_timeout_s
@@ -214,9 +216,10 @@ class EmbeddedNatsServer:
     # -- internals -------------------------------------------------------------------------------------
 
     def _config_file(self) -> Path:
-        """Settings with no command-line flag: by default room for a 1 MiB webhook body plus the fire's envelope."""
+        """Settings with no command-line flag: by default room for a 1 MiB webhook body plus the fire's envelope,
+        then `extra_config` (e.g. an `authorization` block)."""
         path = self.data_dir / "nats-server.conf"
-        path.write_text(f"max_payload: {self.max_payload}\n")
+        path.write_text(f"max_payload: {self.max_payload}\n{self.extra_config}\n")
         return path
 
     def _command(self, binary: Path) -> list[str]:
