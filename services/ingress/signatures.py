@@ -98,7 +98,8 @@ class SigningKeys:
     def __init__(self, sealer: Sealer | None) -> None:
         self._sealer = sealer
         self._opened: dict[str, dict[str, tuple[bytes, bytes]]] = {}
-        self._of_record: dict[str, tuple[feed_pb2.WebhookRecord, list[tuple[bytes, float]]]] = {}
+        # webhook id -> (record, [(key, expiry)], the keys, the earliest expiry)
+        self._of_record: dict[str, tuple[feed_pb2.WebhookRecord, list[tuple[bytes, float]], list[bytes], float]] = {}
 
     def current(self, webhook_id: str, record: feed_pb2.WebhookRecord, now_seconds: float) -> list[bytes]:
         """The unexpired signing keys of `record`; keys that do not open are skipped (and never cached)."""
@@ -107,7 +108,10 @@ class SigningKeys:
             keys, complete = self._open_all(webhook_id, record, now_seconds)
             if not complete:
                 return [key for key, _ in keys]
-            cached = self._of_record[webhook_id] = (record, keys)
+            earliest = min((expires for _, expires in keys), default=math.inf)
+            cached = self._of_record[webhook_id] = (record, keys, [key for key, _ in keys], earliest)
+        if now_seconds < cached[3]:
+            return cached[2]  # no key has expired yet
         return [key for key, expires in cached[1] if expires > now_seconds]
 
     def _open_all(

@@ -147,6 +147,17 @@ def test_signing_keys_are_opened_once_per_credential_and_expire() -> None:
     assert SigningKeys(None).current("wh", webhook, NOW) == []
 
 
+def test_a_cached_signing_key_stops_verifying_once_it_expires() -> None:
+    sealer = Sealer(SECRET_KEY)
+    rotated_out, current = os.urandom(32), os.urandom(32)
+    webhook = record(sealer, current, rotated_out)
+    webhook.credentials[1].expire_time.FromSeconds(NOW + 10)
+    cache = SigningKeys(sealer)
+    assert cache.current("wh", webhook, NOW) == [current, rotated_out]
+    assert cache.current("wh", webhook, NOW + 9) == [current, rotated_out]
+    assert cache.current("wh", webhook, NOW + 10) == [current]
+
+
 def test_token_bucket() -> None:
     now = [100.0]
     limiter = RateLimiter(default_per_s=5, default_burst=10, clock=lambda: now[0])

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 import structlog
@@ -58,9 +58,9 @@ _HEADER_KEY_FORBIDDEN = frozenset(":\r\n \t")
 _CLOCK_SLACK_S = 0.001
 
 
-@dataclass(frozen=True, slots=True)
-class PubAck:
-    """JetStream stored the message: in `stream` at sequence `seq`; `duplicate` when the Msg-Id was seen."""
+class PubAck(NamedTuple):
+    """JetStream stored the message: in `stream` at sequence `seq`; `duplicate` when the Msg-Id was seen.
+    (A NamedTuple: one is built per publish, at half the cost of a frozen dataclass.)"""
 
     stream: str
     seq: int
