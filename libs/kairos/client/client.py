@@ -25,6 +25,9 @@ from kairos.v1 import (
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 SERVICES = ("triggers", "webhooks", "workspaces", "runs", "events", "scheduler")
+# One run holds a webhook body (up to 1 MiB) in its payload, its input and often its output: more than gRPC's
+# default 4 MiB receive limit. ListRuns pages stay under 3 MiB on the server side.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 32 << 20),)
 
 
 class _WithApiKey:
@@ -72,7 +75,7 @@ class KairosClient:
         def channel(service: str) -> Any:
             address = (targets or {}).get(service, target)
             if address not in self._channels:
-                self._channels[address] = grpc.aio.insecure_channel(address)
+                self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             return _ApiKeyChannel(self._channels[address], api_key) if api_key else self._channels[address]
 
         self.triggers = trigger_service_pb2_grpc.TriggerServiceStub(channel("triggers"))
