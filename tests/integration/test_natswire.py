@@ -112,6 +112,26 @@ async def test_replies_split_over_many_reads_arrive_whole(nats_url, nc: Client) 
         await wire.close()
 
 
+async def test_a_failing_reply_callback_costs_only_its_own_reply(nats_url, nc: Client) -> None:
+    replies = Replies()
+
+    def fussy(subject: bytes, payload: bytes, no_responders: bool) -> None:
+        if payload == b"bad":
+            raise ValueError("cannot take this one")
+        replies(subject, payload, no_responders)
+
+    wire = PublishConnection(nats_url, "wire-test")
+    await wire.start(fussy, timeout_s=WAIT_S)
+    try:
+        await nc.publish(f"{wire.reply_prefix}first", b"bad")
+        await nc.publish(f"{wire.reply_prefix}second", b"good")
+        await nc.flush()
+        assert await replies.next(f"{wire.reply_prefix}second") == (b"good", False)
+        assert wire.is_connected
+    finally:
+        await wire.close()
+
+
 async def test_credentials_come_from_the_url_and_are_never_logged(tmp_path: Path, capsys) -> None:
     users = 'authorization { users = [ { user: "kairos", password: "p@ss word" } ] }'
     async with EmbeddedNatsServer(tmp_path / "users", extra_config=users) as server:

@@ -261,13 +261,12 @@ class PublishConnection(asyncio.Protocol):
                 start = end + 2
                 if start + total + 2 > size:
                     return position
-                headers = buffer[start : start + header_size]
-                self._on_reply(
-                    fields[1],
-                    buffer[start + header_size : start + total],
-                    headers.startswith(_NO_RESPONDERS_STATUS),
-                )
+                no_responders = buffer.startswith(_NO_RESPONDERS_STATUS, start, start + header_size)
                 position = start + total + 2
+                try:
+                    self._on_reply(fields[1], buffer[start + header_size : start + total], no_responders)
+                except Exception:  # one reply's trouble must not cost the connection the replies after it
+                    log.exception("nats wire: reply callback failed", subject=fields[1].decode(errors="replace"))
                 continue
             line = buffer[position:end]
             position = end + 2
