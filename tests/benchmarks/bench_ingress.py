@@ -4,8 +4,9 @@ with a bare "return 202" plain ASGI app served by the ingress's own HTTP server 
 second process, and with the "acked floor": the bare app that first stores the body in JetStream as the ingress
 stores a keyed delivery and waits for the ack, in a third. All receive the identical signed requests from the
 same raw-HTTP keep-alive client with bounded concurrency, in alternating rounds so a burst of load from elsewhere
-on the machine hits all alike. Also: forged requests refused per second, and the CPU time each server process
-(and nats-server) spent per request.
+on the machine hits all alike. Also: forged requests refused per second; genuine requests accepted per second while
+as many connections flood the ingress with forged ones (and how many of those it refused meanwhile), which shows
+what a flood leaves real senders; and the CPU time each server process (and nats-server) spent per request.
 
 `python -m tests.benchmarks.bench_ingress bare <port> [<nats url>]` serves the bare app (used by the benchmark).
 """
@@ -16,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import os
 import secrets
 import signal
@@ -54,6 +56,8 @@ FIGURES = (
     "ingress.acked_floor_per_s",
     "ingress.accepted_per_s.vs.acked_floor",
     "ingress.rejected_per_s",
+    "ingress.accepted_per_s_under_flood",
+    "ingress.rejected_per_s_under_flood",
     "ingress.accepted_cpu_us",
     "ingress.accepted_nats_cpu_us",
     "ingress.bare_cpu_us",
@@ -165,6 +169,47 @@ async def drive_here(port: int, requests: list[bytes], expected: int) -> tuple[f
     if unexpected:
         raise RuntimeError(f"{len(unexpected)} answers were not {expected}: e.g. {unexpected[:5]}")
     return len(requests) / elapsed, latencies
+
+
+async def drive_under_flood(port: int, genuine: list[bytes], forged: list[bytes]) -> tuple[float, float]:
+    """`drive_under_flood_here` on a uvloop event loop of its own (in a thread)."""
+    return await asyncio.to_thread(uvloop.run, drive_under_flood_here(port, genuine, forged))
+
+
+async def drive_under_flood_here(port: int, genuine: list[bytes], forged: list[bytes]) -> tuple[float, float]:
+    """Sends `genuine` over CONNECTIONS // 2 connections while as many others send `forged` (over and over) until
+    every genuine request is answered; returns (genuine accepted/s, forged refused/s) over that time."""
+    flooding = True
+    refused = 0
+    unexpected: list[int] = []
+
+    async def connection(requests, expected: int, flood: bool) -> None:
+        nonlocal refused
+        reader, writer = await connect(port)
+        try:
+            for request in requests:
+                if flood and not flooding:
+                    return
+                writer.write(request)
+                status = await read_response(reader)
+                if status != expected:
+                    unexpected.append(status)
+                elif flood and flooding:
+                    refused += 1
+        finally:
+            writer.close()
+
+    half = CONNECTIONS // 2
+    flood = [asyncio.create_task(connection(itertools.cycle(forged), 401, True)) for _ in range(half)]
+    started = time.perf_counter()
+    queue = iter(genuine)
+    await asyncio.gather(*(connection(queue, 202, False) for _ in range(half)))
+    elapsed = time.perf_counter() - started
+    flooding = False
+    await asyncio.gather(*flood)
+    if unexpected:
+        raise RuntimeError(f"{len(unexpected)} unexpected answers under the flood: e.g. {unexpected[:5]}")
+    return len(genuine) / elapsed, refused / elapsed
 
 
 async def wait_http(url: str, process: asyncio.subprocess.Process, method: str = "GET") -> None:
@@ -281,6 +326,8 @@ async def run(report) -> None:
                 await acked_totals.drive(acked_port, requests, {"acked": acked.pid, "nats": nats_server.pid})
             forged = signed_requests(webhook_id, key, REJECTED, forged=True)
             rejected_rate, _ = await drive(ingress_port, forged, 401)
+            genuine = signed_requests(webhook_id, key, PER_ROUND)
+            flooded_rate, refused_rate = await drive_under_flood(ingress_port, genuine, forged)
     total = ROUNDS * PER_ROUND
     accepted_rate, bare_rate = total / accepted.elapsed, total / bare_totals.elapsed
     acked_rate = total / acked_totals.elapsed
@@ -292,6 +339,8 @@ async def run(report) -> None:
     report("ingress.acked_floor_per_s", acked_rate, "req/s")
     report("ingress.accepted_per_s.vs.acked_floor", accepted_rate / acked_rate, "x")
     report("ingress.rejected_per_s", rejected_rate, "req/s")
+    report("ingress.accepted_per_s_under_flood", flooded_rate, "req/s")
+    report("ingress.rejected_per_s_under_flood", refused_rate, "req/s")
     report("ingress.accepted_cpu_us", accepted.cpu["ingress"] / total * 1e6, "us/req")
     report("ingress.accepted_nats_cpu_us", accepted.cpu["nats"] / total * 1e6, "us/req")
     report("ingress.bare_cpu_us", bare_totals.cpu["bare"] / total * 1e6, "us/req")
