@@ -55,16 +55,11 @@ class Request:
         declared = self.headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge
-        message = await self._receive()
-        if message["type"] != "http.request":
-            raise ClientGone
-        if not message.get("more_body", False):  # the whole body in one message, as for most webhooks
-            body = message.get("body", b"")
-            if len(body) > limit:
-                raise BodyTooLarge
-            return body
         chunks, size = [], 0
         while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                raise ClientGone
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
@@ -72,10 +67,10 @@ class Request:
                     raise BodyTooLarge
                 chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
-            message = await self._receive()
-            if message["type"] != "http.request":
-                raise ClientGone
+                break
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
 
 
 def headers_of(scope: dict) -> dict[bytes, bytes]:

@@ -25,7 +25,6 @@ from kairos.core.jetstream import (
     JetStreamPublisher,
     PayloadTooLargeError,
     SubjectNotEmptyError,
-    WindowFullError,
 )
 from kairos.core.names import RESOURCE_ID, new_id, parse_trigger
 from kairos.ingress.asgi import Answer, App, BodyTooLarge, Request, Routes, json_answer
@@ -400,11 +399,7 @@ class WebhookEndpoint:
             subject, options = view.subject, {"msg_id": fire_id, "stream": messaging.FIRES_STREAM}
         started = time.perf_counter()
         try:
-            try:  # sent at once, one await for the ack
-                pending = self._publisher.submit_nowait(subject, fire, **options)
-            except WindowFullError:
-                pending = await self._publisher.submit(subject, fire, **options)
-            ack = await pending
+            ack = await self._publisher.publish(subject, fire, **options)
         except SubjectNotEmptyError:  # JetStream already holds this delivery's fire
             self._metrics.repeated_delivery()
             return _accepted(event_id)

@@ -35,7 +35,7 @@ import uvloop
 
 from kairos.client.builders import action
 from kairos.core import messaging
-from kairos.core.jetstream import JetStreamPublisher, WindowFullError
+from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
@@ -94,13 +94,8 @@ class BareApp:
             more = message.get("more_body", False)
         if self._publisher is not None:
             delivery = hashlib.sha256(dict(scope["headers"]).get(b"webhook-id", b"")).hexdigest()[:40]
-            subject, body = f"{ACKED_SUBJECT}.{delivery}", b"".join(chunks)
-            # Exactly the ingress's way (WebhookEndpoint._publish): sent at once, one await for the ack.
-            try:
-                pending = self._publisher.submit_nowait(subject, body, headers=FIRST_ON_SUBJECT)
-            except WindowFullError:
-                pending = await self._publisher.submit(subject, body, headers=FIRST_ON_SUBJECT)
-            await pending
+            # Exactly the ingress's way (WebhookEndpoint._accept): one publish, one await for its ack.
+            await self._publisher.publish(f"{ACKED_SUBJECT}.{delivery}", b"".join(chunks), headers=FIRST_ON_SUBJECT)
         await send_answer(send, Answer(202, BARE_ANSWER))
 
 
