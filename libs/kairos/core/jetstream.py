@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import NamedTuple
 
 import orjson
@@ -254,7 +254,7 @@ class JetStreamPublisher:
             return None
         return wire
 
-    async def publish(
+    def publish(
         self,
         subject: str,
         payload: bytes,
@@ -264,12 +264,14 @@ class JetStreamPublisher:
         stream: str | None = None,
         timeout: float | None = None,
         attempts: int | None = None,
-    ) -> PubAck:
-        """Publishes and waits for JetStream's ack; raises a `JetStreamPublishError` when it does not come."""
-        options = {"headers": headers, "msg_id": msg_id, "stream": stream, "timeout": timeout, "attempts": attempts}
+    ) -> Awaitable[PubAck]:
+        """Publishes; awaiting the result gives JetStream's ack, or raises a `JetStreamPublishError` when it does
+        not come. With room in the window the result is the ack's future itself, sent already: no coroutine per
+        publish. A publish that cannot be sent at all (bad subject, payload too large) raises here."""
+        header = self._checked(subject, payload, headers, msg_id, stream)
         if len(self._pending) < self._max_in_flight:
-            return await self.submit_nowait(subject, payload, **options)
-        return await (await self.submit(subject, payload, **options))
+            return self._send_new(subject, payload, header, timeout, attempts)
+        return self._send_when_room(subject, payload, header, timeout, attempts)
 
     async def submit(
         self,
@@ -291,12 +293,7 @@ class JetStreamPublisher:
         so a subject captured by another stream is refused.
         """
         header = self._checked(subject, payload, headers, msg_id, stream)
-        while len(self._pending) >= self._max_in_flight:
-            if self._room is None or self._room.done():
-                self._room = self._loop.create_future()
-            await self._room
-            if not self._started:
-                raise PublisherClosedError(subject, "the publisher was closed")
+        await self._wait_for_room(subject)
         return self._send_new(subject, payload, header, timeout, attempts)
 
     def submit_nowait(
@@ -380,6 +377,20 @@ class JetStreamPublisher:
         if stream is not None:
             lines += _cached_header_line(EXPECTED_STREAM_HEADER, stream)
         return _HEADER_LINE + lines + b"\r\n"
+
+    async def _wait_for_room(self, subject: str) -> None:
+        while len(self._pending) >= self._max_in_flight:
+            if self._room is None or self._room.done():
+                self._room = self._loop.create_future()
+            await self._room
+            if not self._started:
+                raise PublisherClosedError(subject, "the publisher was closed")
+
+    async def _send_when_room(
+        self, subject: str, payload: bytes, header: bytes | None, timeout: float | None, attempts: int | None
+    ) -> PubAck:
+        await self._wait_for_room(subject)
+        return await self._send_new(subject, payload, header, timeout, attempts)
 
     def _send_new(
         self, subject: str, payload: bytes, header: bytes | None, timeout: float | None, attempts: int | None
