@@ -4,9 +4,12 @@ with a bare "return 202" plain ASGI app served by the ingress's own HTTP server 
 second process, and with the "acked floor": the bare app that first stores the body in JetStream as the ingress
 stores a keyed delivery and waits for the ack, in a third. All receive the identical signed requests from the
 same raw-HTTP keep-alive client with bounded concurrency, in alternating rounds so a burst of load from elsewhere
-on the machine hits all alike. Also: forged requests refused per second; genuine requests accepted per second while
-as many connections flood the ingress with forged ones (and how many of those it refused meanwhile), which shows
-what a flood leaves real senders; and the CPU time each server process (and nats-server) spent per request.
+on the machine hits all alike. A server's throughput is its peak over CONNECTION_LEVELS: a handler that answers
+only after an ack needs more requests in flight to keep its core busy than one that answers at once, while a
+server given more connections than it needs loses a little to the work each connection costs (the client's too).
+Also: forged requests refused per second; genuine requests accepted per second while as many connections flood
+the ingress with forged ones (and how many of those it refused meanwhile), which shows what a flood leaves real
+senders; and the CPU time each server process (and nats-server) spent per request.
 
 `python -m tests.benchmarks.bench_ingress bare <port> [<nats url>]` serves the bare app (used by the benchmark).
 """
@@ -53,6 +56,8 @@ FIGURES = (
     "ingress.accepted_p99_ms",
     "ingress.bare_per_s",
     "ingress.accepted_per_s.vs.bare",
+    "ingress.accepted_peak_connections",
+    "ingress.bare_peak_connections",
     "ingress.acked_floor_per_s",
     "ingress.accepted_per_s.vs.acked_floor",
     "ingress.rejected_per_s",
@@ -68,6 +73,7 @@ PER_ROUND = 5_000
 REJECTED = 10_000
 WARM_UP = 1_000
 CONNECTIONS = 64
+CONNECTION_LEVELS = (CONNECTIONS, 4 * CONNECTIONS)  # p50/p99 latency is the ingress's at CONNECTIONS
 WORKSPACE = "bench"
 BODY = b'{"type": "invoice.paid", "data": {"invoice": "in_123", "amount": 4200, "currency": "eur"}}'
 BARE_ANSWER = b'{"event_id":"msg_00000000000000000","status":"accepted"}'
@@ -134,13 +140,15 @@ def signed_requests(webhook_id: str, key: bytes, count: int, *, forged: bool = F
     return requests
 
 
-async def drive(port: int, requests: list[bytes], expected: int) -> tuple[float, list[float]]:
+async def drive(
+    port: int, requests: list[bytes], expected: int, connections: int = CONNECTIONS
+) -> tuple[float, list[float]]:
     """`drive_here` on a uvloop event loop of its own (in a thread), so the client spends little CPU per request."""
-    return await asyncio.to_thread(uvloop.run, drive_here(port, requests, expected))
+    return await asyncio.to_thread(uvloop.run, drive_here(port, requests, expected, connections))
 
 
-async def drive_here(port: int, requests: list[bytes], expected: int) -> tuple[float, list[float]]:
-    """Sends `requests` over CONNECTIONS keep-alive connections; returns (requests/s, latencies in s)."""
+async def drive_here(port: int, requests: list[bytes], expected: int, connections: int) -> tuple[float, list[float]]:
+    """Sends `requests` over `connections` keep-alive connections; returns (requests/s, latencies in s)."""
     queue = iter(requests)
     latencies: list[float] = []
     unexpected: list[int] = []
@@ -159,7 +167,7 @@ async def drive_here(port: int, requests: list[bytes], expected: int) -> tuple[f
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    await asyncio.gather(*(connection() for _ in range(connections)))
     elapsed = time.perf_counter() - started
     if unexpected:
         raise RuntimeError(f"{len(unexpected)} answers were not {expected}: e.g. {unexpected[:5]}")
@@ -259,20 +267,32 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @dataclass
 class Totals:
-    """One server's figures summed over the rounds; `cpu` holds the CPU seconds of each watched process."""
+    """One server's figures summed over the rounds: requests and seconds by connection count, the latencies at
+    CONNECTIONS, and the CPU seconds of each watched process."""
 
-    elapsed: float = 0.0
+    requests: dict[int, int] = field(default_factory=dict)
+    elapsed: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
 
-    async def drive(self, port: int, requests: list[bytes], watched: dict[str, int]) -> None:
+    async def drive(self, port: int, requests: list[bytes], watched: dict[str, int], connections: int) -> None:
         """Drives `requests` (each answered 202) at `port`, adding the CPU time of the `watched` processes."""
         before = {name: cpu_seconds(pid) for name, pid in watched.items()}
-        rate, latencies = await drive(port, requests, 202)
-        self.elapsed += len(requests) / rate
-        self.latencies.extend(latencies)
+        rate, latencies = await drive(port, requests, 202, connections)
+        self.requests[connections] = self.requests.get(connections, 0) + len(requests)
+        self.elapsed[connections] = self.elapsed.get(connections, 0.0) + len(requests) / rate
+        if connections == CONNECTIONS:
+            self.latencies.extend(latencies)
         for name, pid in watched.items():
             self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds(pid) - before[name]
+
+    def peak(self) -> tuple[float, int]:
+        """The highest requests/s over the connection counts, and that count."""
+        return max((self.requests[count] / self.elapsed[count], count) for count in self.requests)
+
+    def cpu_us(self, name: str) -> float:
+        """CPU microseconds of process `name` per request."""
+        return self.cpu[name] / sum(self.requests.values()) * 1e6
 
 
 async def start_bare(servers: AsyncExitStack, port: int, nats_url: str | None = None) -> asyncio.subprocess.Process:
@@ -314,32 +334,36 @@ async def run(report) -> None:
                 await drive(port, warm_up, 202)
 
             accepted, bare_totals, acked_totals = Totals(), Totals(), Totals()
-            for _ in range(ROUNDS):
+            for _, connections in itertools.product(range(ROUNDS), CONNECTION_LEVELS):
                 requests = signed_requests(webhook_id, key, PER_ROUND)
-                await accepted.drive(ingress_port, requests, {"ingress": ingress.process.pid, "nats": nats_server.pid})
-                await bare_totals.drive(bare_port, requests, {"bare": bare.pid})
-                await acked_totals.drive(acked_port, requests, {"acked": acked.pid, "nats": nats_server.pid})
+                ingress_pids = {"ingress": ingress.process.pid, "nats": nats_server.pid}
+                await accepted.drive(ingress_port, requests, ingress_pids, connections)
+                await bare_totals.drive(bare_port, requests, {"bare": bare.pid}, connections)
+                await acked_totals.drive(
+                    acked_port, requests, {"acked": acked.pid, "nats": nats_server.pid}, connections
+                )
             forged = signed_requests(webhook_id, key, REJECTED, forged=True)
             rejected_rate, _ = await drive(ingress_port, forged, 401)
             genuine = signed_requests(webhook_id, key, PER_ROUND)
             flooded_rate, refused_rate = await drive_under_flood(ingress_port, genuine, forged)
-    total = ROUNDS * PER_ROUND
-    accepted_rate, bare_rate = total / accepted.elapsed, total / bare_totals.elapsed
-    acked_rate = total / acked_totals.elapsed
+    (accepted_rate, accepted_connections), (bare_rate, bare_connections) = accepted.peak(), bare_totals.peak()
+    acked_rate, _ = acked_totals.peak()
     report("ingress.accepted_per_s", accepted_rate, "req/s")
     report("ingress.accepted_p50_ms", percentile(accepted.latencies, 0.5) * 1000, "ms")
     report("ingress.accepted_p99_ms", percentile(accepted.latencies, 0.99) * 1000, "ms")
     report("ingress.bare_per_s", bare_rate, "req/s")
     report("ingress.accepted_per_s.vs.bare", accepted_rate / bare_rate, "x")
+    report("ingress.accepted_peak_connections", accepted_connections, "connections")
+    report("ingress.bare_peak_connections", bare_connections, "connections")
     report("ingress.acked_floor_per_s", acked_rate, "req/s")
     report("ingress.accepted_per_s.vs.acked_floor", accepted_rate / acked_rate, "x")
     report("ingress.rejected_per_s", rejected_rate, "req/s")
     report("ingress.accepted_per_s_under_flood", flooded_rate, "req/s")
     report("ingress.rejected_per_s_under_flood", refused_rate, "req/s")
-    report("ingress.accepted_cpu_us", accepted.cpu["ingress"] / total * 1e6, "us/req")
-    report("ingress.accepted_nats_cpu_us", accepted.cpu["nats"] / total * 1e6, "us/req")
-    report("ingress.bare_cpu_us", bare_totals.cpu["bare"] / total * 1e6, "us/req")
-    report("ingress.acked_floor_cpu_us", acked_totals.cpu["acked"] / total * 1e6, "us/req")
+    report("ingress.accepted_cpu_us", accepted.cpu_us("ingress"), "us/req")
+    report("ingress.accepted_nats_cpu_us", accepted.cpu_us("nats"), "us/req")
+    report("ingress.bare_cpu_us", bare_totals.cpu_us("bare"), "us/req")
+    report("ingress.acked_floor_cpu_us", acked_totals.cpu_us("acked"), "us/req")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["bare"]:
