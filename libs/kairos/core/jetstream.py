@@ -142,9 +142,13 @@ def _header_lines(headers: Mapping[str, str]) -> bytes:
     return b"".join(_header_line(key, value) for key, value in headers.items())
 
 
+def _header_block(lines: bytes) -> bytes:
+    return _HEADER_LINE + lines + b"\r\n"
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
     """The NATS header block for `headers`; a key or value that would break the protocol is a ValueError."""
-    return _HEADER_LINE + _header_lines(headers) + b"\r\n"
+    return _header_block(_header_lines(headers))
 
 
 class HeaderBlock:
@@ -155,7 +159,7 @@ class HeaderBlock:
 
     def __init__(self, headers: Mapping[str, str]) -> None:
         self.lines = _header_lines(headers)
-        self.block = _HEADER_LINE + self.lines + b"\r\n"
+        self.block = _header_block(self.lines)
         self.names = frozenset(headers)
 
     def __repr__(self) -> str:
@@ -376,7 +380,7 @@ class JetStreamPublisher:
             lines += _header_line(MSG_ID_HEADER, msg_id)
         if stream is not None:
             lines += _cached_header_line(EXPECTED_STREAM_HEADER, stream)
-        return _HEADER_LINE + lines + b"\r\n"
+        return _header_block(lines)
 
     async def _wait_for_room(self, subject: str) -> None:
         while len(self._pending) >= self._max_in_flight:
@@ -426,15 +430,13 @@ class JetStreamPublisher:
             try:
                 self._wire.send(entry.command)
             except WireDisconnectedError as error:
-                if self._pending.pop(reply, None) is entry:
-                    self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {error}"))
+                self._unsent(reply, entry, str(error))
             return
         # What `nc.publish` does once it has built the command: queue it on the connection and wake the flusher
         # (without `_send_command`'s wait for a flush when the buffer is over its limit: the window bounds it).
         nc = self._nc
         if nc.is_closed:
-            if self._pending.pop(reply, None) is entry:
-                self._finish(entry, error=JetStreamPublishError(entry.subject, "cannot send: the connection is closed"))
+            self._unsent(reply, entry, "the connection is closed")
             return
         nc._pending.append(entry.command)
         nc._pending_data_size += len(entry.command)
@@ -445,6 +447,11 @@ class JetStreamPublisher:
                 spawn(nc._flush_pending(), "jetstream-publish-flush")
             else:
                 flush_queue.put_nowait(self._flush_request)
+
+    def _unsent(self, reply: bytes, entry: _Pending, reason: str) -> None:
+        """Fails a publish whose command could not be handed to a connection."""
+        if self._pending.pop(reply, None) is entry:
+            self._finish(entry, error=JetStreamPublishError(entry.subject, f"cannot send: {reason}"))
 
     def _sweep(self) -> None:
         """Ends or retries the attempts on the default timeout whose deadline passed, then waits for the next."""
