@@ -552,6 +552,46 @@ async def test_acks_still_arrive_after_the_nats_server_restarts(tmp_path: Path, 
             await server.stop()
 
 
+async def test_the_own_connection_follows_nc_to_another_server(tmp_path: Path) -> None:
+    """When the server `nc` is on dies and `nc` fails over to another one, the publisher's own connection
+    reconnects to that other server, not only ever to the one it first dialled."""
+    connected = asyncio.Queue()
+    async with (
+        EmbeddedNatsServer(tmp_path / "a") as first,
+        EmbeddedNatsServer(tmp_path / "b") as second,
+        asyncio.timeout(WAIT_S * 3),
+    ):
+        client = await messaging.connect(
+            first.url,
+            "test-publisher-failover",
+            servers=[first.url, second.url],
+            dont_randomize=True,
+            reconnect_time_wait=0.1,
+            on_connection_change=connected.put_nowait,
+        )
+        publisher = JetStreamPublisher(client, timeout=2.0)
+        try:
+            await client.jetstream().add_stream(StreamConfig(name="FOLLOW", subjects=["follow.>"]))
+            await publisher.start()
+            assert publisher.uses_own_connection
+            assert (await publisher.publish("follow.a", b"on the first", msg_id="first")).seq == 1
+
+            first.kill()
+            assert await connected.get() is False
+            assert await connected.get() is True
+            assert client.connected_url.port == second.port
+            # Each server has a JetStream of its own: the second holds nothing until the publisher reaches it.
+            await client.jetstream().add_stream(StreamConfig(name="FOLLOW", subjects=["follow.>"]))
+            await publisher.wait_connected()
+            ack = await publisher.publish("follow.a", b"on the second", msg_id="second")
+            info = await client.jetstream().stream_info("FOLLOW")
+        finally:
+            await publisher.close()
+            await client.close()
+    assert (ack.stream, ack.seq) == ("FOLLOW", 1)
+    assert info.state.messages == 1
+
+
 async def test_a_publish_on_a_closed_shared_connection_fails_at_once(nats_url) -> None:
     client = await messaging.connect(nats_url, "test-publisher-closed-connection")
     publisher = JetStreamPublisher(client, timeout=60.0, own_connection=False)

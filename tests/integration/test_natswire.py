@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from nats.aio.client import Client
@@ -177,6 +178,33 @@ async def test_sends_fail_at_once_while_the_server_is_down_and_resume_after_it_i
             wire.send(pub_cmd("restart.a", f"{wire.reply_prefix}up", b"x"))
             payload, _ = await replies.next(f"{wire.reply_prefix}up")
             assert orjson.loads(payload)["stream"] == "RESTART"
+        finally:
+            await wire.close()
+
+
+async def test_a_url_function_is_asked_again_on_each_reconnect_and_keeps_the_credentials(tmp_path: Path) -> None:
+    """Given a function, the wire dials whatever server it names at each reconnect; a URL without credentials
+    (a server discovered in a cluster) is logged into with those of the URL before."""
+    users = 'authorization { users = [ { user: "kairos", password: "secret" } ] }'
+    async with (
+        EmbeddedNatsServer(tmp_path / "a", extra_config=users) as first,
+        EmbeddedNatsServer(tmp_path / "b", extra_config=users) as second,
+    ):
+        urls = [f"nats://kairos:secret@{first.host}:{first.port}"]
+        replies, changes = Replies(), ConnectionChanges()
+        wire = await started(lambda: urls[-1], replies, reconnect_wait_s=0.05, on_connection_change=changes)
+        try:
+            wire.send(pub_cmd("nostream.a", f"{wire.reply_prefix}first", b"x"))
+            assert (await replies.next(f"{wire.reply_prefix}first"))[1]  # answered (no responders) by the first
+            urls.append(second.url)
+            first.kill()
+            async with asyncio.timeout(WAIT_S):
+                await changes.back.wait()
+            wire.send(pub_cmd("nostream.a", f"{wire.reply_prefix}second", b"x"))
+            assert (await replies.next(f"{wire.reply_prefix}second"))[1]
+            async with httpx.AsyncClient() as http:
+                connections = (await http.get(f"{second.monitoring_url}/connz")).json()["connections"]
+            assert [connection["name"] for connection in connections] == ["wire-test"]
         finally:
             await wire.close()
 

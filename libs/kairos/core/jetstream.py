@@ -242,14 +242,24 @@ class JetStreamPublisher:
         self._started = True
 
     async def _open_wire(self) -> PublishConnection | None:
-        """A started connection of the publisher's own to the server `nc` is connected to; None (publish on `nc`)
-        when it cannot connect the way `nc` did."""
+        """A started connection of the publisher's own to the server `nc` is connected to, which dials the
+        server `nc` is on at each reconnect (so it follows `nc` to another server of a cluster); None (publish on
+        `nc`) when it cannot connect the way `nc` did."""
         url = self._nc.connected_url
         if url is None:
             raise JetStreamPublishError("", "the NATS connection is not connected")
+        last_url = url.geturl()
+
+        def server_of_nc() -> str:
+            nonlocal last_url
+            current = self._nc.connected_url  # None while nc itself reconnects: the last server it was on
+            if current is not None:
+                last_url = current.geturl()
+            return last_url
+
         wire = None
         try:
-            wire = PublishConnection(url.geturl(), f"{self._nc.options.get('name') or 'kairos'}-publisher")
+            wire = PublishConnection(server_of_nc, f"{self._nc.options.get('name') or 'kairos'}-publisher")
             await wire.start(self._on_reply)
         except UnsupportedServerError as reason:
             log.info("jetstream publisher shares the NATS connection", reason=str(reason))

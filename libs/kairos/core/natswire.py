@@ -8,7 +8,9 @@ speaks only what publishing needs (INFO, CONNECT with user/password or token fro
 PING/PONG, MSG/HMSG, +OK, -ERR) and raises `UnsupportedServerError` for anything else (TLS, NKeys, JWT), for
 which the publisher uses nats-py instead. While disconnected, `send` raises `WireDisconnectedError` at once,
 and the connection reconnects in the background, re-subscribing its inbox; losses and reconnects are logged
-without credentials.
+without credentials. Given a function instead of a URL, it asks it for the server to dial on every (re)connect:
+the publisher passes its nats-py client's current server, so the wire follows that client to another server of
+a cluster.
 """
 
 from __future__ import annotations
@@ -60,25 +62,19 @@ class PublishConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        url: str,
+        url: str | Callable[[], str],
         name: str,
         *,
         reconnect_wait_s: float = RECONNECT_WAIT_S,
         ping_interval_s: float = PING_INTERVAL_S,
         on_connection_change: Callable[[bool], None] | None = None,
     ) -> None:
-        """`on_connection_change(False)` is called when the connection is lost, `(True)` when it is back."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("nats", ""):
-            raise UnsupportedServerError(f"scheme {parts.scheme!r} (only nats://)")
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or DEFAULT_PORT
+        """`url` is the server's, or a function giving the URL to dial on each (re)connect (a URL without
+        credentials keeps those of the one before). `on_connection_change(False)` is called when the connection
+        is lost, `(True)` when it is back."""
+        self._url_of = url if callable(url) else lambda: url
         self._credentials: dict[str, str] = {}
-        if parts.username and parts.password is not None:
-            self._credentials = {"user": unquote(parts.username), "pass": unquote(parts.password)}
-        elif parts.username:
-            self._credentials = {"auth_token": unquote(parts.username)}
-        self._where = _redacted(url)
+        self._use_server(self._url_of())
         self._name = name
         self._reconnect_wait_s = reconnect_wait_s
         self._ping_interval_s = ping_interval_s
@@ -137,6 +133,7 @@ class PublishConnection(asyncio.Protocol):
     # ------------------------------------------------------------------------------------ connecting
 
     async def _connect(self) -> None:
+        self._use_server(self._url_of())
         self._buffer = b""
         self._handshake = self._loop.create_future()
         self._pong = self._loop.create_future()
@@ -169,6 +166,19 @@ class PublishConnection(asyncio.Protocol):
         self._up.set()
         self._outstanding_pings = 0
         self._ping_timer = self._loop.call_later(self._ping_interval_s, self._ping)
+
+    def _use_server(self, url: str) -> None:
+        """Makes `url` the server to connect to (raises UnsupportedServerError for a scheme other than nats://)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("nats", ""):
+            raise UnsupportedServerError(f"scheme {parts.scheme!r} (only nats://)")
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or DEFAULT_PORT
+        if parts.username and parts.password is not None:
+            self._credentials = {"user": unquote(parts.username), "pass": unquote(parts.password)}
+        elif parts.username:
+            self._credentials = {"auth_token": unquote(parts.username)}
+        self._where = _redacted(url)
 
     def _drop(self) -> None:
         if self._transport is not None:
