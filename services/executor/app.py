@@ -39,7 +39,9 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     publisher = JetStreamPublisher(runtime.nats)
     await publisher.start()
     stack.push_async_callback(publisher.close)
-    callbacks = Callbacks(runtime.js, publisher, http, signer, sessions, float(config.executor_ack_wait_s))
+    callbacks = Callbacks(
+        runtime.js, publisher, http, signer, sessions, float(config.executor_ack_wait_s), config.nats_replicas
+    )
     await callbacks.start()
     stack.push_async_callback(callbacks.stop)
     # Trigger states from the registry's change feed: a fire of a trigger paused meanwhile is skipped.

@@ -77,12 +77,13 @@ def backoff_s(delivery: int) -> float:
     return min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2 ** (delivery - 1))
 
 
-def stream_config() -> api.StreamConfig:
+def stream_config(replicas: int = 1) -> api.StreamConfig:
     """A work queue: a callback is gone from the stream once a consumer acked (or terminated) it."""
     return messaging.stream_config(
         CALLBACKS_STREAM,
         f"{CALLBACK_SUBJECT_PREFIX}.>",
         "Kairos lifecycle events waiting to be POSTed to their trigger's notify_url",
+        replicas=replicas,
         max_age_s=MAX_AGE_S,
         retention=api.RetentionPolicy.WORK_QUEUE,
     )
@@ -103,8 +104,11 @@ class Callbacks:
         signer: Signer,
         sessions: async_sessionmaker[AsyncSession],
         ack_wait_s: float,
+        replicas: int = 1,
     ) -> None:
+        """`replicas`: of KAIROS_CALLBACKS, as of every other Kairos stream (KAIROS_NATS_REPLICAS)."""
         self._js = js
+        self._replicas = replicas
         self._publisher = publisher
         self._http = http
         self._signer = signer
@@ -119,7 +123,7 @@ class Callbacks:
         self._loop: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await messaging.ensure_stream(self._js, stream_config())
+        await messaging.ensure_stream(self._js, stream_config(self._replicas))
         await self._js.add_consumer(
             CALLBACKS_STREAM,
             api.ConsumerConfig(

@@ -92,7 +92,9 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(
         runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_index.on_change
     )
-    catalog = EventTypeCatalog(await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET))
+    catalog = EventTypeCatalog(
+        await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET, replicas=config.nats_replicas)
+    )
     for mirror in (webhooks, triggers, catalog.mirror):
         await mirror.start()
         stack.push_async_callback(mirror.stop)

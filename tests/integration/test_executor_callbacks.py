@@ -272,7 +272,7 @@ async def test_cancel_run_sends_run_cancelled_to_the_triggers_notify_url(tmp_pat
             trigger = webhook_trigger(
                 entry_point="kairos.testing_agents:wait_for_release",
                 input_template={
-                    "nats_url": suite.nats.url,
+                    "nats_url": suite.nats_url,
                     "release_subject": "test.cancel.release",
                     "ready_subject": "test.cancel.ready",
                 },

@@ -142,7 +142,7 @@ class Held:
     @property
     def input(self) -> dict:
         return {
-            "nats_url": self._executor.suite.nats.url,
+            "nats_url": self._executor.suite.nats_url,
             "ready_subject": self.ready_subject,
             "release_subject": self.release_subject,
         }
@@ -162,7 +162,7 @@ async def connect_executor(tmp_path: Path, database_url: str, env: dict[str, str
     every trace event of the workspace collected from the start."""
     async with running_suite(tmp_path, database_url, services=("registry", "executor"), env=env) as suite:
         key = await suite.new_workspace(WORKSPACE)
-        nc = await messaging.connect(suite.nats.url, "test-executor")
+        nc = await messaging.connect(suite.nats_url, "test-executor")
         events: list[run_pb2.TraceEvent] = []
         changed = asyncio.Event()
 

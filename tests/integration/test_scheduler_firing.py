@@ -56,7 +56,7 @@ class Traces:
 @asynccontextmanager
 async def scheduler(suite: Suite) -> AsyncIterator[None]:
     """A scheduler replica of its own, stopped cleanly on exit."""
-    config = ServiceConfig.from_env({"KAIROS_NATS_URL": suite.nats.url, "KAIROS_GRPC_PORT": "0"})
+    config = ServiceConfig.from_env({"KAIROS_NATS_URL": suite.nats_url, "KAIROS_GRPC_PORT": "0"})
     ready, stop = asyncio.Event(), asyncio.Event()
 
     async def on_ready(_runtime) -> None:
@@ -79,7 +79,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[Suite, KairosClient, Traces
         tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'kairos.db'}", ("registry", "executor")
     ) as suite:
         key = await suite.new_workspace("acme")
-        tracer = await nats.connect(suite.nats.url)
+        tracer = await nats.connect(suite.nats_url)
         traces = Traces()
         collector = asyncio.create_task(traces.collect(await tracer.subscribe("kairos.trace.acme.>")))
         try:

@@ -378,7 +378,7 @@ async def test_signing_secret_from_the_registry_end_to_end(suite) -> None:
         assert created.secret.startswith("whsec_")
         url = suite.webhooks_url + created.webhook.name.rsplit("/", 1)[1]
         body = b'{"type": "charge.succeeded", "id": "ch_1"}'
-        tracer = await nats.connect(suite.nats.url)
+        tracer = await nats.connect(suite.nats_url)
         traces = await tracer.subscribe("kairos.trace.signed.>")
         # the retry is refused by JetStream: the delivery's subject already holds its fire
         for _ in range(2):

@@ -48,6 +48,7 @@ def test_values_are_read_and_normalised() -> None:
             "KAIROS_HTTP_PORT": "65535",
             "KAIROS_PUBLIC_URL": "https://kairos.example.com/",
             "KAIROS_RUN_RETENTION": "1",
+            "KAIROS_NATS_REPLICAS": "3",
         }
     )
     assert config.nats_url == "nats://nats:4222"
@@ -60,6 +61,7 @@ def test_values_are_read_and_normalised() -> None:
     assert config.http_port == 65535
     assert config.public_url == "https://kairos.example.com"
     assert config.run_retention == 1
+    assert config.nats_replicas == 3
 
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,6 +87,8 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
         ("KAIROS_LOG_FORMAT", "xml"),
         ("KAIROS_LOG_FORMAT", "text"),
         ("KAIROS_LOG_LEVEL", "verbose"),
+        ("KAIROS_NATS_REPLICAS", "0"),
+        ("KAIROS_NATS_REPLICAS", "6"),
     ],
 )
 def test_malformed_values_raise_config_error_naming_the_variable(variable: str, value: str) -> None:

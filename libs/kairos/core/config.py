@@ -79,6 +79,7 @@ class ServiceConfig:
     workspace_max_concurrent_runs: int = 100
     executor_ack_wait_s: int = 30
     notify_signing_secret: str = ""
+    nats_replicas: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -107,4 +108,5 @@ class ServiceConfig:
             workspace_max_concurrent_runs=env_int(env, "KAIROS_WORKSPACE_MAX_CONCURRENT_RUNS", 100, minimum=1),
             executor_ack_wait_s=env_int(env, "KAIROS_EXECUTOR_ACK_WAIT_S", 30, minimum=1, maximum=3600),
             notify_signing_secret=env.get("KAIROS_NOTIFY_SIGNING_SECRET", "").strip(),
+            nats_replicas=env_int(env, "KAIROS_NATS_REPLICAS", 1, minimum=1, maximum=5),
         )

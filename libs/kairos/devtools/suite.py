@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +22,11 @@ from kairos.v1 import run_pb2, workspace_pb2, workspace_service_pb2
 
 @dataclass
 class Suite:
-    """Services running in the test's event loop on their own nats-server, gRPC on a free port."""
+    """Services running in the test's event loop on their own nats-server (or the caller's), gRPC on a free port."""
 
     runtime: Runtime
     admin_key: str
-    nats: EmbeddedNatsServer
+    nats_url: str
 
     @property
     def address(self) -> str:
@@ -59,13 +59,17 @@ async def running_suite(
     database_url: str,
     services: tuple[str, ...] = tuple(SERVICE_MODULES),
     env: dict[str, str] | None = None,
+    nats_url: str | None = None,
 ) -> AsyncIterator[Suite]:
-    """`env` adds or overrides KAIROS_* settings (e.g. `{"KAIROS_SECRET_KEY": ""}` to run without one)."""
+    """`env` adds or overrides KAIROS_* settings (e.g. `{"KAIROS_SECRET_KEY": ""}` to run without one); without
+    `nats_url` the suite runs on a nats-server of its own."""
     admin_key = secrets.token_urlsafe(24)
-    async with EmbeddedNatsServer(data_dir / "nats") as nats_server:
+    async with AsyncExitStack() as stack:
+        if nats_url is None:
+            nats_url = (await stack.enter_async_context(EmbeddedNatsServer(data_dir / "nats"))).url
         config = ServiceConfig.from_env(
             {
-                "KAIROS_NATS_URL": nats_server.url,
+                "KAIROS_NATS_URL": nats_url,
                 "KAIROS_DATABASE_URL": database_url,
                 "KAIROS_GRPC_PORT": "0",
                 "KAIROS_HTTP_PORT": "0",
@@ -85,7 +89,7 @@ async def running_suite(
         if not ready.done():
             task.result()
         try:
-            yield Suite(ready.result(), admin_key, nats_server)
+            yield Suite(ready.result(), admin_key, nats_url)
         finally:
             stop.set()
             await task
@@ -127,7 +131,7 @@ class Traces:
 @asynccontextmanager
 async def traces_of(suite: Suite, workspace: str) -> AsyncIterator[Traces]:
     """Collects the workspace's trace events while the block runs."""
-    nc = await messaging.connect(suite.nats.url, f"test-traces-{workspace}")
+    nc = await messaging.connect(suite.nats_url, f"test-traces-{workspace}")
     traces = Traces(nc)
     try:
         await nc.subscribe(f"{messaging.TRACE_SUBJECT_PREFIX}.{workspace}.>", cb=traces.on_message)
