@@ -9,11 +9,13 @@ to let something happen."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
+import nats
 
 from kairos.client import KairosClient, webhook_trigger
 from kairos.core import messaging
@@ -48,12 +50,11 @@ async def completed_runs(kairos: KairosClient, trigger: str, count: int) -> list
         await asyncio.sleep(POLL_S)  # between two reads of the run history
 
 
-@asynccontextmanager
-async def nats_cluster(data_dir: Path) -> AsyncIterator[list[EmbeddedNatsServer]]:
-    """Three nats-servers routed into one JetStream cluster, yielded once each one's JetStream is current."""
+def cluster_servers(data_dir: Path) -> list[EmbeddedNatsServer]:
+    """Three nats-servers (not started) routed into one JetStream cluster."""
     route_ports = [free_port() for _ in range(CLUSTER_SIZE)]
     routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
-    servers = [
+    return [
         EmbeddedNatsServer(
             data_dir / f"nats-{index}",
             server_name=f"nats-{index}",
@@ -61,6 +62,12 @@ async def nats_cluster(data_dir: Path) -> AsyncIterator[list[EmbeddedNatsServer]
         )
         for index, port in enumerate(route_ports)
     ]
+
+
+@asynccontextmanager
+async def nats_cluster(data_dir: Path) -> AsyncIterator[list[EmbeddedNatsServer]]:
+    """The three servers of `cluster_servers`, yielded once each one's JetStream is current."""
+    servers = cluster_servers(data_dir)
     async with AsyncExitStack() as stack:
         for server in servers:
             await stack.enter_async_context(server)
@@ -125,3 +132,45 @@ async def test_the_suite_replicates_its_streams_and_survives_losing_its_server(t
             await observer.close()
     assert fires.state.messages == 2
     assert sorted(run.fire_id for run in runs) == [f"{created.webhook.name}@{key}" for key in ("after", "before")]
+
+
+async def test_services_started_before_their_cluster_has_a_quorum_wait_for_it(tmp_path: Path) -> None:
+    """With one server of three up, JetStream cannot answer (no quorum); the services keep asking instead of
+    exiting, and start once the other two have joined."""
+    first, *others = cluster_servers(tmp_path)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(first)
+        watcher = await nats.connect(first.url)
+        stack.push_async_callback(watcher.close)
+        asked = asyncio.Event()
+
+        async def on_request(_message) -> None:
+            asked.set()
+
+        await watcher.subscribe("$JS.API.>", cb=on_request)
+        await watcher.flush()
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        release = asyncio.Event()
+
+        async def run_suite() -> None:
+            async with running_suite(
+                tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'kairos.db'}", nats_url=first.url
+            ) as suite:
+                started.set_result(suite.address)
+                await release.wait()
+
+        suite = asyncio.create_task(run_suite())
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await asked.wait()  # the services asked JetStream, which has no quorum to answer with
+            for server in others:
+                await stack.enter_async_context(server)
+            async with asyncio.timeout(WAIT_S * 2):
+                await asyncio.wait({suite, started}, return_when=asyncio.FIRST_COMPLETED)
+            assert started.done(), f"the services exited: {suite.exception()!r}"
+        finally:
+            release.set()
+            if not started.done():
+                suite.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await suite

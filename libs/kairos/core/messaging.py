@@ -365,6 +365,31 @@ async def ensure_all(
     )
 
 
+# What a JetStream API request meets while JetStream cannot answer yet: a cluster without a meta leader (or a
+# quorum), a server whose JetStream is still starting.
+JETSTREAM_NOT_READY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+JETSTREAM_WAIT_S = 120.0
+
+
+async def ensure_all_when_ready(
+    js: JetStreamContext, replicas: int = 1, *, wait_s: float = JETSTREAM_WAIT_S
+) -> KairosBuckets:
+    """`ensure_all`, tried again while JetStream cannot answer, for up to `wait_s` seconds: services started
+    together with their NATS cluster wait for it instead of exiting. Each failed attempt is logged."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await ensure_all(js, replicas)
+        except JETSTREAM_NOT_READY as error:
+            if loop.time() >= deadline:
+                raise
+            log.warning("nats.jetstream_not_ready", attempt=attempt, error=repr(error))
+        await asyncio.sleep(min(5.0, 0.5 * attempt))  # back-off between two attempts
+
+
 # -- publishing ----------------------------------------------------------------------------------------
 
 

@@ -91,7 +91,7 @@ async def run_services(
         )
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
-        buckets = await messaging.ensure_all(js, replicas=config.nats_replicas)
+        buckets = await messaging.ensure_all_when_ready(js, config.nats_replicas)
 
         api_keys: KvMirror[feed_pb2.ApiKeyRecord] = KvMirror(buckets.api_keys, feed_pb2.ApiKeyRecord)
         await api_keys.start()
