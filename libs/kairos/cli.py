@@ -25,6 +25,7 @@ from kairos.client import KairosClient, error_details, schedule_trigger, webhook
 from kairos.client.builders import event_trigger
 from kairos.core.config import DEFAULT_DATA_DIR, ConfigError, ServiceConfig, default_database_url
 from kairos.core.log import configure_logging
+from kairos.core.messaging import MessagingError
 from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
 from kairos.v1 import (
     run_pb2,
@@ -401,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(_call(args))
     except ConfigError as error:
         sys.exit(f"kairos: configuration error: {error}")
+    except MessagingError as error:
+        sys.exit(f"kairos: NATS: {error}")
     except grpc.aio.AioRpcError as error:
         details = error_details(error)
         print(f"kairos: {details.code.name}: {details.message}", file=sys.stderr)

@@ -24,12 +24,13 @@ from kairos.core.messaging import (
     TRACE_STREAM,
     InvalidSubjectTokenError,
     NatsConnectError,
+    NoJetStreamError,
     dead_letter_subject,
     event_subject,
     fire_subject,
     trace_subject,
 )
-from kairos.core.natsserver import EmbeddedNatsServer, NatsServerError, free_port
+from kairos.core.natsserver import EmbeddedNatsServer, NatsServerError, find_nats_server_binary, free_port
 
 ALL_STREAMS = (FIRES_STREAM, EVENTS_STREAM, TRACE_STREAM, DEAD_LETTERS_STREAM)
 KV_STREAMS = tuple(f"KV_{bucket}" for bucket in ALL_BUCKETS)
@@ -132,6 +133,31 @@ async def test_connect_failure_names_the_url() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     with pytest.raises(NatsConnectError, match=url):
         await messaging.connect(url, "test-no-server", connect_timeout=0.5)
+
+
+async def test_a_server_without_jetstream_is_an_error_at_once_not_waited_for() -> None:
+    """Services wait for a cluster's JetStream to become ready (test_nats_cluster); a server that has none fails
+    the start with a message saying so, instead of the wait running out."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        str(find_nats_server_binary()),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        client = await messaging.connect(f"nats://127.0.0.1:{port}", "test-no-jetstream")  # retries until it is up
+        try:
+            with pytest.raises(NoJetStreamError, match="-js"):
+                await messaging.ensure_all_when_ready(client.jetstream(), wait_s=60)
+        finally:
+            await client.close()
+    finally:
+        server.terminate()
+        await server.wait()
 
 
 # -- isolated servers ----------------------------------------------------------------------------------

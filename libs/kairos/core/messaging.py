@@ -365,17 +365,20 @@ async def ensure_all(
     )
 
 
-# What a JetStream API request meets while JetStream cannot answer yet: a cluster without a meta leader (or a
-# quorum), a server whose JetStream is still starting.
-JETSTREAM_NOT_READY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
 JETSTREAM_WAIT_S = 120.0
+
+
+class NoJetStreamError(MessagingError):
+    """Nothing answers JetStream API requests: the NATS server runs without JetStream."""
 
 
 async def ensure_all_when_ready(
     js: JetStreamContext, replicas: int = 1, *, wait_s: float = JETSTREAM_WAIT_S
 ) -> KairosBuckets:
-    """`ensure_all`, tried again while JetStream cannot answer, for up to `wait_s` seconds: services started
-    together with their NATS cluster wait for it instead of exiting. Each failed attempt is logged."""
+    """`ensure_all`, tried again for up to `wait_s` seconds while JetStream cannot answer yet (a cluster without a
+    meta leader or a quorum lets the request time out, or answers 503): services started together with their
+    NATS cluster wait for it instead of exiting. Each failed attempt is logged. A server without JetStream is
+    an error at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     attempt = 0
@@ -383,10 +386,15 @@ async def ensure_all_when_ready(
         attempt += 1
         try:
             return await ensure_all(js, replicas)
-        except JETSTREAM_NOT_READY as error:
-            if loop.time() >= deadline:
-                raise
-            log.warning("nats.jetstream_not_ready", attempt=attempt, error=repr(error))
+        except nats.js.errors.ServiceUnavailableError as error:
+            if error.code is None:  # how nats-py reports "no responders": no JetStream on the server at all
+                raise NoJetStreamError("the NATS server has no JetStream: start nats-server with -js") from error
+            problem: Exception = error
+        except nats.errors.TimeoutError as error:
+            problem = error
+        if loop.time() >= deadline:
+            raise problem
+        log.warning("nats.jetstream_not_ready", attempt=attempt, error=repr(problem))
         await asyncio.sleep(min(5.0, 0.5 * attempt))  # back-off between two attempts
 
 
