@@ -1,7 +1,7 @@
 """The suite on a three-node NATS cluster with KAIROS_NATS_REPLICAS=3: every stream and KV bucket it declares is
 kept on all three servers, and when the server the services are connected to is killed they carry on through
 another one: a webhook is accepted again, and each accepted delivery runs (once: the delivery's subject holds
-one fire).
+one fire). Services started before the cluster has a quorum wait for it instead of exiting.
 
 Waits are on conditions (the servers' /healthz, the ingress's answers, the run history), each bounded; nothing sleeps
 to let something happen."""
@@ -9,9 +9,8 @@ to let something happen."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -172,5 +171,5 @@ async def test_services_started_before_their_cluster_has_a_quorum_wait_for_it(tm
             release.set()
             if not started.done():
                 suite.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with suppress(asyncio.CancelledError):
                 await suite
