@@ -30,6 +30,15 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, UTC), body.decode())
 
 
+def signed(secret: str, message_id: str, body: bytes, timestamp: int = NOW) -> dict[str, str]:
+    """The three Standard Webhooks headers of a delivery signed by the reference library."""
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, message_id, timestamp, body),
+    }
+
+
 def record(sealer: Sealer, *keys: bytes, expired: tuple[bytes, ...] = ()) -> feed_pb2.WebhookRecord:
     result = feed_pb2.WebhookRecord(
         webhook=webhook_pb2.Webhook(
@@ -71,11 +80,7 @@ def test_reference_signatures_verify_and_anything_else_is_refused() -> None:
     raw, secret = signing_key()
     other_raw, other_secret = signing_key()
     body = b'{"type": "invoice.paid", "amount": 12}'
-    headers = {
-        "webhook-id": "msg_1",
-        "webhook-timestamp": str(NOW),
-        "webhook-signature": sign(secret, "msg_1", NOW, body),
-    }
+    headers = signed(secret, "msg_1", body)
     check([raw], headers, body)
     check([other_raw, raw], headers, body)
 
@@ -95,18 +100,13 @@ def test_reference_signatures_verify_and_anything_else_is_refused() -> None:
 def test_signature_covers_the_id_bytes_as_sent() -> None:
     raw, secret = signing_key()
     body = b'{"type": "x"}'
-    headers = {
-        "webhook-id": "msg_é✓",
-        "webhook-timestamp": str(NOW),
-        "webhook-signature": sign(secret, "msg_é✓", NOW, body),
-    }
-    check([raw], headers, body)
+    check([raw], signed(secret, "msg_é✓", body), body)
 
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_missing_headers_are_named(missing: str) -> None:
     raw, secret = signing_key()
-    headers = {"webhook-id": "m", "webhook-timestamp": str(NOW), "webhook-signature": sign(secret, "m", NOW, b"{}")}
+    headers = signed(secret, "m", b"{}")
     with pytest.raises(SignatureError) as raised:
         check([raw], {k: v for k, v in headers.items() if k != missing}, b"{}")
     assert raised.value.error == "missing_signature_headers" and missing in raised.value.message
@@ -116,8 +116,7 @@ def test_timestamp_tolerance_both_ways() -> None:
     raw, secret = signing_key()
 
     def headers_at(timestamp: int) -> dict[str, str]:
-        signature = sign(secret, "m", timestamp, b"{}")
-        return {"webhook-id": "m", "webhook-timestamp": str(timestamp), "webhook-signature": signature}
+        return signed(secret, "m", b"{}", timestamp)
 
     check([raw], headers_at(NOW - 300), b"{}")
     check([raw], headers_at(NOW + 300), b"{}")
