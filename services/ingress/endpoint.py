@@ -268,7 +268,7 @@ class WebhookEndpoint:
         """`POST /triggers/{trigger_id}/webhook` with `X-Trigger-Secret`: whichever shared-secret webhook of
         the trigger the secret belongs to."""
         try:
-            webhook_id, record = self._webhook_of_trigger(request)
+            webhook_id, record = await self._webhook_of_trigger(request)
             answer = await self._accept(request, webhook_id, record, authenticated=True)
         except Rejection as rejection:
             answer = self._rejected(rejection)
@@ -295,7 +295,7 @@ class WebhookEndpoint:
             raise Rejection(404, "webhook_not_found", "no such webhook")
         return record
 
-    def _webhook_of_trigger(self, request: Request) -> tuple[str, feed_pb2.WebhookRecord]:
+    async def _webhook_of_trigger(self, request: Request) -> tuple[str, feed_pb2.WebhookRecord]:
         unknown = Rejection(404, "trigger_not_found", "no such trigger")
         trigger_id = request.param
         key = self._trigger_index.key_of(trigger_id) if RESOURCE_ID.match(trigger_id) else None
@@ -308,12 +308,19 @@ class WebhookEndpoint:
         now = self._clock()
         for webhook_name in trigger.source.webhook.webhooks:
             webhook_id = webhook_name.rpartition("/")[2]
-            record = self._webhooks.cached(webhook_id)
+            record = self._webhooks.cached(webhook_id) or await self._listed_record(webhook_id)
             if record is None or record.webhook.auth_mode != SHARED_SECRET_HEADER:
                 continue
             if token_matches(record, presented, now):
                 return webhook_id, record
         raise Rejection(401, "invalid_credentials", "the secret matches no X-Trigger-Secret webhook of this trigger")
+
+    async def _listed_record(self, webhook_id: str) -> feed_pb2.WebhookRecord | None:
+        """The record of a webhook the trigger lists but the webhook mirror does not hold yet (the two mirrors
+        follow separate buckets, so a new webhook can reach the trigger's list first): read from the bucket."""
+        if not self._nc.is_connected:
+            raise unavailable()
+        return await self._webhooks.get(webhook_id)
 
     def _authenticate_token(self, record: feed_pb2.WebhookRecord, headers: dict[bytes, bytes], now: float) -> None:
         presented = _token(record, headers)
