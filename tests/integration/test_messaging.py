@@ -135,6 +135,27 @@ async def test_connect_failure_names_the_url() -> None:
         await messaging.connect(url, "test-no-server", connect_timeout=0.5)
 
 
+async def test_a_list_of_servers_connects_to_the_one_that_is_up_and_never_logs_credentials(
+    tmp_path: Path, capsys
+) -> None:
+    users = 'authorization { users = [ { user: "kairos", password: "s3cret" } ] }'
+    down = [f"nats://kairos:s3cret@127.0.0.1:{free_port()}" for _ in range(2)]
+    async with EmbeddedNatsServer(tmp_path, extra_config=users) as server:
+        up = f"nats://kairos:s3cret@{server.host}:{server.port}"
+        client = await messaging.connect(f"{down[0]}, {up},{down[1]}", "test-server-list")
+        try:
+            assert client.connected_url is not None and client.connected_url.port == server.port
+            await client.flush(timeout=WAIT_S)
+        finally:
+            await client.close()
+    with pytest.raises(NatsConnectError, match=r"nats://127\.0\.0\.1:\d+, nats://127\.0\.0\.1:\d+ ") as refused:
+        await messaging.connect(",".join(down), "test-no-server", connect_timeout=0.5)
+    captured = capsys.readouterr()
+    assert "s3cret" not in captured.out + captured.err + str(refused.value)
+    with pytest.raises(NatsConnectError, match="no NATS server"):
+        await messaging.connect(" , ", "test-empty-list")
+
+
 async def test_a_server_without_jetstream_is_an_error_at_once_not_waited_for() -> None:
     """Services wait for a cluster's JetStream to become ready (test_nats_cluster); a server that has none fails
     the start with a message saying so, instead of the wait running out."""

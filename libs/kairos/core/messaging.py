@@ -32,6 +32,8 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.client import KV_STREAM_TEMPLATE
 from nats.js.kv import KeyValue
 
+from kairos.core.natswire import redacted
+
 log = structlog.get_logger(__name__)
 
 # -- names ---------------------------------------------------------------------------------------------
@@ -140,6 +142,15 @@ def _join(prefix: str, workspace: str, trigger_id: str) -> str:
 # -- connecting ----------------------------------------------------------------------------------------
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of a NATS URL setting: one URL, or a comma-separated list of a cluster's servers (the first
+    connection may be to any of them; nats-py learns the rest of the cluster from the server)."""
+    servers = [server.strip() for server in url.split(",") if server.strip()]
+    if not servers:
+        raise NatsConnectError(f"no NATS server in {url!r}")
+    return servers
+
+
 async def connect(
     url: str,
     name: str,
@@ -148,14 +159,17 @@ async def connect(
     on_connection_change: Callable[[bool], None] | None = None,
     **kw: Any,
 ) -> Client:
-    """Connect to NATS at `url` as client `name`, reconnecting forever once connected.
+    """Connect to NATS at `url` (one server, or several separated by commas) as client `name`, reconnecting
+    forever once connected.
 
     The first connection must succeed within `connect_timeout` seconds, otherwise `NatsConnectError` names the
     URL. `on_connection_change(False)` is called when the connection is lost, `(True)` when it is back.
     Extra keyword arguments go to `nats.aio.client.Client.connect` and override the defaults
     (e.g. `error_cb`, `disconnected_cb`, `reconnected_cb`, `reconnect_time_wait`).
     """
-    bound = log.bind(nats_url=url, client_name=name)
+    servers = nats_servers(url)
+    where = ", ".join(redacted(server) for server in servers)
+    bound = log.bind(nats_url=where, client_name=name)
 
     async def error_cb(e: Exception) -> None:
         bound.warning("nats.error", error=repr(e))
@@ -174,7 +188,7 @@ async def connect(
         bound.info("nats.closed")
 
     options: dict[str, Any] = {
-        "servers": [url],
+        "servers": servers,
         "name": name,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
@@ -193,7 +207,9 @@ async def connect(
     except (TimeoutError, OSError, nats.errors.Error) as e:
         last_error = nc.last_error or e
         await nc.close()
-        raise NatsConnectError(f"could not connect to NATS at {url} within {connect_timeout:g}s: {last_error!r}") from e
+        raise NatsConnectError(
+            f"could not connect to NATS at {where} within {connect_timeout:g}s: {last_error!r}"
+        ) from e
     bound.info("nats.connected")
     return nc
 

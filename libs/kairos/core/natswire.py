@@ -52,9 +52,10 @@ class UnsupportedServerError(WireError):
     """The server asks for something this wire does not speak (TLS, NKey or JWT authentication)."""
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or DEFAULT_PORT}"
+def redacted(url: str) -> str:
+    """`url` without its credentials, fit for logs."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 class PublishConnection(asyncio.Protocol):
@@ -178,7 +179,7 @@ class PublishConnection(asyncio.Protocol):
             self._credentials = {"user": unquote(parts.username), "pass": unquote(parts.password)}
         elif parts.username:
             self._credentials = {"auth_token": unquote(parts.username)}
-        self._where = _redacted(url)
+        self._where = redacted(url)
 
     def _drop(self) -> None:
         if self._transport is not None:
