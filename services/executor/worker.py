@@ -44,6 +44,11 @@ DURABLE = "kairos-executor"
 DEFAULT_ATTEMPT_DEADLINE_S = 300.0
 WAIT_DELAY_S = 0.5
 PULL_EXPIRES_S = 5.0
+# The server holding a pull request sends an idle heartbeat this often while it has no fire for it; a request
+# silent for PULL_SILENCE_S was lost with its server (a restart, a failover) and is asked again as soon as the
+# connection is up, rather than once it would have expired.
+PULL_HEARTBEAT_S = 1.0
+PULL_SILENCE_S = 2.5
 CANCEL_SUBJECT = "kairos.executor.cancel"
 PAUSE_SUBJECT = "kairos.control.registry.pause_trigger"
 Status = run_pb2.RunStatus
@@ -146,6 +151,7 @@ class FireWorker:
         self._pull_answered = asyncio.Event()
         self._pull_remaining = 0
         self._pull_status = ""
+        self._pull_heard = 0.0  # loop time of the latest message (fire or status) for the pull request
         self._tasks: set[asyncio.Task] = set()
         self._running: dict[str, RunningAttempt] = {}  # run id -> its attempt running in this process
         self._heartbeats: asyncio.Task | None = None
@@ -197,6 +203,7 @@ class FireWorker:
         hundred fires per second made the executor spend several times the CPU of the runs themselves."""
         request_subject = f"$JS.API.CONSUMER.MSG.NEXT.{messaging.FIRES_STREAM}.{DURABLE}"
         refill = max(1, self._concurrency // 4)
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             free = self._concurrency - len(self._tasks)
             if free < refill:
@@ -206,7 +213,11 @@ class FireWorker:
             self._pull_answered.clear()
             self._pull_status = ""
             self._pull_remaining = free
-            request = {"batch": free, "expires": int(PULL_EXPIRES_S * 1e9)}
+            request = {
+                "batch": free,
+                "expires": int(PULL_EXPIRES_S * 1e9),
+                "idle_heartbeat": int(PULL_HEARTBEAT_S * 1e9),
+            }
             try:
                 await self._nc.publish(request_subject, json.dumps(request).encode(), reply=inbox)
             except nats.errors.Error as error:
@@ -214,14 +225,27 @@ class FireWorker:
                 await asyncio.sleep(0.5)
                 continue
             # Answered: the batch was delivered, or the request ended (expired, or the server dropped it).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PULL_EXPIRES_S + 1.0):
-                    await self._pull_answered.wait()
+            self._pull_heard = asked = loop.time()
+            while not self._pull_answered.is_set():
+                expires_at, silent_at = asked + PULL_EXPIRES_S + 1.0, self._pull_heard + PULL_SILENCE_S
+                now = loop.time()
+                if now < expires_at and now < silent_at:
+                    until = min(expires_at, silent_at)
+                elif self._nc.is_connected:
+                    if now < expires_at:
+                        log.info("the pull request for fires went silent; asking again")
+                    break
+                else:  # a request sent now would wait in nats-py's buffer beside others: ask once it is back
+                    until = now + PULL_HEARTBEAT_S
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(until):
+                        await self._pull_answered.wait()
             if self._pull_status == "409":  # e.g. a consumer leader change: do not spin on the refusal
                 log.warning("the fire consumer refused a pull request; retrying", status=self._pull_status)
                 await asyncio.sleep(0.5)
 
     async def _on_pulled(self, message: Msg) -> None:
+        self._pull_heard = asyncio.get_running_loop().time()
         status = message.headers.get(api.Header.STATUS) if message.headers else None
         if status:
             if status != "100":  # not an idle heartbeat: 404/408 request ended, 409 server-side limits

@@ -1,7 +1,8 @@
 """The suite on a three-node NATS cluster with KAIROS_NATS_REPLICAS=3: every stream and KV bucket it declares is
 kept on all three servers, and when the server the services are connected to is killed they carry on through
 another one: a webhook is accepted again, and each accepted delivery runs (once: the delivery's subject holds
-one fire). Services started before the cluster has a quorum wait for it instead of exiting.
+one fire). Services started before the cluster has a quorum wait for it instead of exiting. And on one server
+that restarts, the executor asks again for the fires the restarted server forgot it was waiting for.
 
 Waits are on conditions (the servers' /healthz, the ingress's answers, the run history), each bounded; nothing sleeps
 to let something happen."""
@@ -19,7 +20,8 @@ import nats
 from kairos.client import KairosClient, webhook_trigger
 from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
-from kairos.devtools.suite import running_suite
+from kairos.devtools.suite import Suite, running_suite
+from kairos.executor import worker
 from kairos.executor.notify import CALLBACKS_STREAM
 from kairos.v1 import run_pb2, run_service_pb2, trigger_service_pb2, webhook_pb2, webhook_service_pb2
 
@@ -47,6 +49,32 @@ async def completed_runs(kairos: KairosClient, trigger: str, count: int) -> list
         if sum(run.status == run_pb2.RunStatus.RUN_STATUS_COMPLETED for run in runs) >= count:
             return list(runs)
         await asyncio.sleep(POLL_S)  # between two reads of the run history
+
+
+async def bearer_webhook(suite: Suite, kairos: KairosClient) -> tuple[str, str, str, dict[str, str]]:
+    """A new webhook trigger's bearer webhook: (trigger name, webhook name, its URL, the sender's headers)."""
+    trigger = (
+        await kairos.triggers.CreateTrigger(
+            trigger_service_pb2.CreateTriggerRequest(trigger=webhook_trigger(prompt="qualify"))
+        )
+    ).trigger
+    created = await kairos.webhooks.CreateWebhook(
+        webhook_service_pb2.CreateWebhookRequest(webhook=webhook_pb2.Webhook(trigger=trigger.name))
+    )
+    url = suite.webhooks_url + created.webhook.name.rsplit("/", 1)[1]
+    return trigger.name, created.webhook.name, url, {"Authorization": f"Bearer {created.secret}"}
+
+
+async def deliver(http: httpx.AsyncClient, url: str, headers: dict[str, str], delivery: str) -> None:
+    """Posts the delivery `delivery` until it is accepted, as the issue asks of senders: again after each 503
+    (which says when to retry; here at once). Callers bound it."""
+    while True:
+        response = await http.post(url, json={"type": delivery}, headers=headers | {"webhook-id": delivery})
+        if response.status_code != 503:
+            assert response.status_code == 202, response.text
+            return
+        assert response.headers["retry-after"]
+        await asyncio.sleep(POLL_S)  # between two retries of the sender
 
 
 def cluster_servers(data_dir: Path) -> list[EmbeddedNatsServer]:
@@ -99,38 +127,48 @@ async def test_the_suite_replicates_its_streams_and_survives_losing_its_server(t
 
             key = await suite.new_workspace("acme")
             async with suite.client(key) as kairos, httpx.AsyncClient(timeout=15) as http:
-                trigger = (
-                    await kairos.triggers.CreateTrigger(
-                        trigger_service_pb2.CreateTriggerRequest(trigger=webhook_trigger(prompt="qualify"))
-                    )
-                ).trigger
-                created = await kairos.webhooks.CreateWebhook(
-                    webhook_service_pb2.CreateWebhookRequest(webhook=webhook_pb2.Webhook(trigger=trigger.name))
-                )
-                url = suite.webhooks_url + created.webhook.name.rsplit("/", 1)[1]
-                headers = {"Authorization": f"Bearer {created.secret}"}
-
-                before = await http.post(url, json={"type": "a"}, headers=headers | {"webhook-id": "before"})
-                assert before.status_code == 202, before.text
-
+                trigger, webhook, url, headers = await bearer_webhook(suite, kairos)
+                async with asyncio.timeout(WAIT_S):
+                    await deliver(http, url, headers, "before")
                 servers[0].kill()
-                # The sender retries a 503 (here at once) as the issue asks of senders: until the ingress is back on
-                # another server, and while the stream elects a leader on the servers left, nothing can be stored.
+                # Until the ingress is back on another server, and while the stream elects a leader on the servers
+                # left, nothing can be stored: 503s, which the sender retries.
                 async with asyncio.timeout(WAIT_S):
-                    after = await http.post(url, json={"type": "b"}, headers=headers | {"webhook-id": "after"})
-                    while after.status_code == 503:
-                        assert after.headers["retry-after"]
-                        await asyncio.sleep(POLL_S)  # between two retries of the sender
-                        after = await http.post(url, json={"type": "b"}, headers=headers | {"webhook-id": "after"})
-                assert after.status_code == 202, after.text
-
+                    await deliver(http, url, headers, "after")
                 async with asyncio.timeout(WAIT_S):
-                    runs = await completed_runs(kairos, trigger.name, count=2)
+                    runs = await completed_runs(kairos, trigger, count=2)
             fires = await observer.jetstream().stream_info(messaging.FIRES_STREAM)
         finally:
             await observer.close()
     assert fires.state.messages == 2
-    assert sorted(run.fire_id for run in runs) == [f"{created.webhook.name}@{key}" for key in ("after", "before")]
+    assert sorted(run.fire_id for run in runs) == [f"{webhook}@{key}" for key in ("after", "before")]
+
+
+async def test_fires_run_again_soon_after_the_nats_server_restarts(tmp_path: Path, monkeypatch) -> None:
+    """The restarted server has forgotten the executor's standing pull request. Its idle heartbeats stop, so the
+    executor asks again once it is back, instead of when the lost request would have expired (10 minutes here)."""
+    monkeypatch.setattr(worker, "PULL_EXPIRES_S", 600.0)
+    server = EmbeddedNatsServer(tmp_path / "nats")
+    await server.start()
+    try:
+        async with running_suite(
+            tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'kairos.db'}", nats_url=server.url
+        ) as suite:
+            key = await suite.new_workspace("acme")
+            async with suite.client(key) as kairos, httpx.AsyncClient(timeout=15) as http:
+                trigger, webhook, url, headers = await bearer_webhook(suite, kairos)
+                async with asyncio.timeout(WAIT_S):
+                    await deliver(http, url, headers, "before")
+                    await completed_runs(kairos, trigger, count=1)
+                server.kill()
+                await server.start()
+                async with asyncio.timeout(WAIT_S):
+                    await deliver(http, url, headers, "after")  # 503s until the ingress has reconnected
+                async with asyncio.timeout(WAIT_S):
+                    runs = await completed_runs(kairos, trigger, count=2)
+    finally:
+        await server.stop()
+    assert sorted(run.fire_id for run in runs) == [f"{webhook}@{key}" for key in ("after", "before")]
 
 
 async def test_services_started_before_their_cluster_has_a_quorum_wait_for_it(tmp_path: Path) -> None:
