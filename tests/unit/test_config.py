@@ -49,6 +49,7 @@ def test_values_are_read_and_normalised() -> None:
             "KAIROS_PUBLIC_URL": "https://kairos.example.com/",
             "KAIROS_RUN_RETENTION": "1",
             "KAIROS_NATS_REPLICAS": "3",
+            "KAIROS_HTTP_REQUEST_TIMEOUT_S": "30",
         }
     )
     assert config.nats_url == "nats://nats:4222"
@@ -62,6 +63,7 @@ def test_values_are_read_and_normalised() -> None:
     assert config.public_url == "https://kairos.example.com"
     assert config.run_retention == 1
     assert config.nats_replicas == 3
+    assert config.http_request_timeout_s == 30
 
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,6 +91,7 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
         ("KAIROS_LOG_LEVEL", "verbose"),
         ("KAIROS_NATS_REPLICAS", "0"),
         ("KAIROS_NATS_REPLICAS", "6"),
+        ("KAIROS_HTTP_REQUEST_TIMEOUT_S", "0"),
     ],
 )
 def test_malformed_values_raise_config_error_naming_the_variable(variable: str, value: str) -> None:

@@ -56,6 +56,10 @@ def _secret_key(env: Mapping[str, str]) -> str:
     return value
 
 
+# Seconds an HTTP client has to send a whole request, from its first byte (or from connecting).
+DEFAULT_HTTP_REQUEST_TIMEOUT_S = 15
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Settings every service shares. Service-specific settings live beside each service."""
@@ -80,6 +84,7 @@ class ServiceConfig:
     executor_ack_wait_s: int = 30
     notify_signing_secret: str = ""
     nats_replicas: int = 1
+    http_request_timeout_s: int = DEFAULT_HTTP_REQUEST_TIMEOUT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -109,4 +114,7 @@ class ServiceConfig:
             executor_ack_wait_s=env_int(env, "KAIROS_EXECUTOR_ACK_WAIT_S", 30, minimum=1, maximum=3600),
             notify_signing_secret=env.get("KAIROS_NOTIFY_SIGNING_SECRET", "").strip(),
             nats_replicas=env_int(env, "KAIROS_NATS_REPLICAS", 1, minimum=1, maximum=5),
+            http_request_timeout_s=env_int(
+                env, "KAIROS_HTTP_REQUEST_TIMEOUT_S", DEFAULT_HTTP_REQUEST_TIMEOUT_S, minimum=1, maximum=3600
+            ),
         )

@@ -1,0 +1,89 @@
+"""The ingress's HTTP server (`start_http`, the real uvicorn set-up on a real socket) against clients too slow to
+send a request (Slowloris): each gets 408 and its connection is closed once the request timeout has passed, while
+a request the app is still working on is left alone and other clients are served throughout. On stop, a client
+still sending its request is answered 503 at once instead of being waited for.
+
+Every wait is bounded by asyncio.timeout; the app's slow request waits on an event the test sets, not a sleep."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+from kairos.ingress.app import start_http
+from kairos.ingress.asgi import Answer, send_answer
+
+REQUEST_TIMEOUT_S = 1
+WAIT_S = 15.0
+HEADERS = b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+PARTIAL_BODY = HEADERS % b"/hooks/x" + b"content-length: 100\r\n\r\n" + b"x" * 10
+
+
+def request(path: bytes) -> bytes:
+    return HEADERS % path + b"content-length: 2\r\n\r\n{}"
+
+
+class SlowWhenAsked:
+    """Reads the body and answers 202, except for `/slow`, which it answers once `release` is set."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+        self.slow_started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.reading.set()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            more = message.get("more_body", False)
+        if scope["path"] == "/slow":
+            self.slow_started.set()
+            await self.release.wait()
+        await send_answer(send, Answer(202, b'{"status":"accepted"}'))
+
+
+async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    stack.callback(writer.close)
+    return reader, writer
+
+
+async def test_clients_too_slow_to_send_a_request_get_408_and_are_closed() -> None:
+    app = SlowWhenAsked()
+    async with AsyncExitStack() as stack, asyncio.timeout(WAIT_S):
+        port = await start_http(stack, app, "127.0.0.1", 0, request_timeout_s=REQUEST_TIMEOUT_S)
+        stack.callback(app.release.set)
+        silent, partial_headers, partial_body, slow_app = [await connect(stack, port) for _ in range(4)]
+        partial_headers[1].write(HEADERS % b"/hooks/x")
+        partial_body[1].write(PARTIAL_BODY)
+        slow_app[1].write(request(b"/slow"))
+        await app.slow_started.wait()
+
+        answers = await asyncio.gather(*(reader.read() for reader, _ in (silent, partial_headers, partial_body)))
+        for answer in answers:  # everything sent before the server closed the connection
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+            assert answer.endswith(b'{"error":"request_timeout","message":"the request did not arrive whole in time"}')
+
+        # The request the app held all that time (over the timeout) is still answered, and a new client is served.
+        app.release.set()
+        assert (await slow_app[0].readuntil(b"\r\n")).startswith(b"HTTP/1.1 202")
+        reader, writer = await connect(stack, port)
+        writer.write(request(b"/hooks/x"))
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 202")
+
+
+async def test_on_stop_a_client_still_sending_its_request_gets_503_at_once() -> None:
+    app = SlowWhenAsked()
+    async with asyncio.timeout(WAIT_S):
+        async with AsyncExitStack() as stack:
+            port = await start_http(stack, app, "127.0.0.1", 0, request_timeout_s=3600)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(PARTIAL_BODY)
+            await app.reading.wait()
+        # the server has stopped (leaving the stack) without waiting for the rest of the body
+        answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
