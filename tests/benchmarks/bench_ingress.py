@@ -43,9 +43,9 @@ from kairos.core.names import new_id
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
 from kairos.core.sealing import Sealer
 from kairos.devtools.processes import ServiceProcesses, terminate
-from kairos.ingress.app import start_http
 from kairos.ingress.asgi import Answer, send_answer
 from kairos.ingress.endpoint import FIRST_ON_SUBJECT
+from kairos.ingress.httpserver import start_http
 from kairos.v1 import feed_pb2, trigger_pb2, webhook_pb2
 from tests.benchmarks.procstat import cpu_seconds
 from tests.benchmarks.rawhttp import connect, read_response, request_bytes
@@ -107,7 +107,7 @@ class BareApp:
 
 async def serve_bare(port: int, nats_url: str | None) -> None:
     """BareApp (with a publisher when `nats_url` is given) on the very HTTP server set-up of the ingress
-    (kairos.ingress.app.start_http), until SIGTERM."""
+    (kairos.ingress.httpserver.start_http), until SIGTERM."""
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with AsyncExitStack() as stack:

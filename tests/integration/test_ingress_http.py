@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from kairos.ingress.app import start_http
 from kairos.ingress.asgi import Answer, send_answer
+from kairos.ingress.httpserver import MAX_HEAD_BYTES, start_http
 
 REQUEST_TIMEOUT_S = 1
 WAIT_S = 15.0
@@ -45,6 +45,14 @@ class SlowWhenAsked:
         await send_answer(send, Answer(202, b'{"status":"accepted"}'))
 
 
+async def status_of_response(reader: asyncio.StreamReader) -> bytes:
+    """Reads one whole response (head and Content-Length body); returns its status line."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return head.partition(b"\r\n")[0]
+
+
 async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     stack.callback(writer.close)
@@ -69,10 +77,30 @@ async def test_clients_too_slow_to_send_a_request_get_408_and_are_closed() -> No
 
         # The request the app held all that time (over the timeout) is still answered, and a new client is served.
         app.release.set()
-        assert (await slow_app[0].readuntil(b"\r\n")).startswith(b"HTTP/1.1 202")
+        assert await status_of_response(slow_app[0]) == b"HTTP/1.1 202 Accepted"
         reader, writer = await connect(stack, port)
         writer.write(request(b"/hooks/x"))
-        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 202")
+        assert await status_of_response(reader) == b"HTTP/1.1 202 Accepted"
+
+
+async def test_a_request_head_over_the_limit_gets_431_and_the_connection_is_closed() -> None:
+    app = SlowWhenAsked()
+    async with AsyncExitStack() as stack, asyncio.timeout(WAIT_S):
+        port = await start_http(stack, app, "127.0.0.1", 0)
+        big_header = b"x-padding: %s\r\n" % (b"a" * (MAX_HEAD_BYTES // 2))
+        fits, one_huge, many = [await connect(stack, port) for _ in range(3)]
+        fits[1].write(HEADERS % b"/hooks/x" + big_header + b"content-length: 2\r\n\r\n{}")
+        assert await status_of_response(fits[0]) == b"HTTP/1.1 202 Accepted"
+        # a body many times the head limit (bounded by the app, not by that limit) is read whole, over many reads
+        body = b'"%s"' % (b"b" * (8 * MAX_HEAD_BYTES))
+        fits[1].write(HEADERS % b"/hooks/x" + b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        assert await status_of_response(fits[0]) == b"HTTP/1.1 202 Accepted"
+        one_huge[1].write(HEADERS % b"/hooks/x" + b"x-padding: " + b"a" * (2 * MAX_HEAD_BYTES))
+        many[1].write(HEADERS % b"/hooks/x" + big_header * 3)
+        for reader, _ in (one_huge, many):
+            answer = await reader.read()  # everything sent before the server closed the connection
+            assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
+            assert b'"error":"headers_too_large"' in answer
 
 
 async def test_on_stop_a_client_still_sending_its_request_gets_503_at_once() -> None:

@@ -1,0 +1,184 @@
+"""The HTTP server the ingress serves webhooks on (and the benchmark's bare handler, for a fair comparison):
+uvicorn with httptools and uvloop inside the service's own event loop, hardened for the internet. uvicorn bounds
+neither how long a client may take to send a request nor how large a request head may grow, so this module adds
+both: a request timeout checked once a second on uvicorn's own tick, and a head limit checked as data arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from contextlib import AsyncExitStack
+
+import structlog
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from kairos.core.config import DEFAULT_HTTP_REQUEST_TIMEOUT_S
+from kairos.core.tasks import spawn
+from kairos.ingress.endpoint import PUBLISH_ATTEMPTS, PUBLISH_TIMEOUT_S
+
+log = structlog.get_logger(__name__)
+
+# A request line and its headers together: far above what webhook senders send (a few KiB), far below memory trouble.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = (
+    b"431 Request Header Fields Too Large",
+    b'{"error":"headers_too_large","message":"the request line and headers must be at most %d bytes"}' % MAX_HEAD_BYTES,
+)
+
+REQUEST_TIMEOUT = (
+    b"408 Request Timeout",
+    b'{"error":"request_timeout","message":"the request did not arrive whole in time"}',
+)
+STOPPING = (b"503 Service Unavailable", b'{"error":"unavailable","message":"the server is stopping; retry"}')
+# On stop, requests in progress get this long to be answered (an accepted one waits for its ack, at most
+# PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS); uvicorn's default would wait for every connection without end.
+GRACEFUL_STOP_S = 2 * PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS
+
+
+# A refused connection is half-closed after its answer, and what the client still sends is read and dropped for
+# this long before the close: closing with unread data resets the connection, and the client may lose the answer.
+LINGER_S = 2.0
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on a request's head (httptools keeps a head of any size in
+    memory: a test request with 160 MB of headers was taken whole, so one client could exhaust it), and the
+    refusal of a request that has not arrived whole, used for that bound and by `EmbeddedServer`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0  # received since a head was last completed, outside a body
+        self.refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # the rest of a refused request: dropped until the connection closes
+        cycle = self.cycle
+        in_body = cycle is not None and cycle.more_body
+        super().data_received(data)
+        if self.cycle is not cycle:  # a head was completed in `data`
+            self._head_bytes = 0
+        elif not in_body:  # `data` belongs to a head
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self.refuse(HEAD_TOO_LARGE)
+
+    def waiting_on_client(self) -> bool:
+        """Whether the connection waits for its client to send (the rest of) a request: it neither idles between
+        requests (uvicorn's keep-alive timer runs) nor holds a request that has arrived whole (the app's turn)."""
+        if self.refused or self.timeout_keep_alive_task is not None:
+            return False
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete or cycle.more_body
+
+    def refuse(self, answer: tuple[bytes, bytes]) -> None:
+        """Ends a connection whose request has not arrived whole with `answer` (status line, JSON body), unless it
+        owes an answer already (to a request the app holds, or one whose answer has begun): then it just closes."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not (cycle.more_body and not cycle.response_started):
+            self.transport.close()
+            return
+        if cycle is not None and cycle.more_body:  # the app waits for the rest of the body: it will not come
+            cycle.disconnected = True
+            cycle.message_event.set()
+        status, body = answer
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, len(body), body)
+        )
+        self.transport.write_eof()
+        self.refused = True
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: signals belong to the process runtime, not to uvicorn. Once a second it
+    also answers 408 and closes each connection whose client has taken over `request_timeout_s` to send a
+    whole request (Slowloris): uvicorn's keep-alive timeout covers only the time between two requests, and
+    restarts on every byte received. On stop, a client still sending its request gets 503 at once."""
+
+    def __init__(self, config: uvicorn.Config, request_timeout_s: float) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+        self._request_timeout_s = request_timeout_s
+        self._waiting: dict[object, tuple[object, float]] = {}  # connection -> (its request cycle, waiting since)
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # uvicorn ticks every 0.1 s
+            self._time_out_slow_clients(time.monotonic())
+        return await super().on_tick(counter)
+
+    def _time_out_slow_clients(self, now: float) -> None:
+        """Refuses each connection that has waited for its client, within the same request, for too long."""
+        waiting, refused = {}, 0
+        for connection in self.server_state.connections:
+            if not connection.waiting_on_client():
+                continue
+            cycle = connection.cycle
+            seen = self._waiting.get(connection)
+            since = seen[1] if seen is not None and seen[0] is cycle else now
+            if now - since < self._request_timeout_s:
+                waiting[connection] = (cycle, since)
+            else:
+                connection.refuse(REQUEST_TIMEOUT)
+                refused += 1
+        self._waiting = waiting
+        if refused:
+            log.info("refused connections too slow to send a request", count=refused, timeout_s=self._request_timeout_s)
+
+    async def shutdown(self, sockets=None) -> None:
+        for connection in list(self.server_state.connections):
+            if connection.refused:
+                connection.transport.close()
+            elif connection.waiting_on_client():
+                connection.refuse(STOPPING)
+                connection.transport.close()
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+async def start_http(
+    stack: AsyncExitStack, app, host: str, port: int, request_timeout_s: float = DEFAULT_HTTP_REQUEST_TIMEOUT_S
+) -> int:
+    """Serves `app` on host:port (0 picks a free port); returns the bound port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    # No proxy-headers middleware: nothing here reads the client address, and it costs a call per request.
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        proxy_headers=False,
+        http=BoundedHttpToolsProtocol,
+        ws="none",
+        timeout_graceful_shutdown=GRACEFUL_STOP_S,
+    )
+    server = EmbeddedServer(config, request_timeout_s)
+    task = spawn(server.serve(sockets=[sock]), "ingress-http")
+    ready = asyncio.create_task(server.ready.wait())
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+        sock.close()
+
+    stack.push_async_callback(stop)
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if not server.ready.is_set():
+        ready.cancel()
+        task.result()
+        raise OSError(f"ingress HTTP server stopped during start-up on {host}:{port}")
+    return sock.getsockname()[1]
