@@ -48,6 +48,12 @@ FIRST_ON_SUBJECT = HeaderBlock(
     {EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: "0", EXPECTED_STREAM_HEADER: messaging.FIRES_STREAM}
 )
 KEYED_DELIVERY = {"headers": FIRST_ON_SUBJECT}
+# A webhook the mirror does not hold (yet: a new one reaches it a few milliseconds after it is created) is looked
+# up in its KV bucket; these bound those look-ups for the whole process, so a flood of made-up webhook ids cannot
+# turn into as many NATS requests. Over the bound, such a request is answered 404 from the mirror alone.
+UNMIRRORED_LOOKUPS = "(unmirrored look-ups)"  # a rate-limiter key no webhook id can be
+UNMIRRORED_LOOKUPS_PER_S = 50.0
+UNMIRRORED_LOOKUPS_BURST = 100
 # Enum values as module constants: each `EnumType.NAME` lookup goes through a Python __getattr__ (~5 µs).
 SHARED_SECRET_HEADER = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER
 STANDARD_WEBHOOKS = webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS
@@ -286,14 +292,19 @@ class WebhookEndpoint:
 
     async def _record(self, webhook_id: str) -> feed_pb2.WebhookRecord:
         """The record of a webhook the mirror does not hold (yet): read from the bucket."""
-        if not RESOURCE_ID.match(webhook_id):
+        if not RESOURCE_ID.match(webhook_id) or not self._may_look_up():
             raise Rejection(404, "webhook_not_found", "no such webhook")
-        if not self._nc.is_connected:
-            raise unavailable()
         record = await self._webhooks.get(webhook_id)
         if record is None:
             raise Rejection(404, "webhook_not_found", "no such webhook")
         return record
+
+    def _may_look_up(self) -> bool:
+        """Whether a webhook the mirror does not hold may be looked up in the bucket now (see UNMIRRORED_LOOKUPS);
+        raises 503 while NATS is unreachable."""
+        if not self._nc.is_connected:
+            raise unavailable()
+        return not self._limiter.take(UNMIRRORED_LOOKUPS, UNMIRRORED_LOOKUPS_PER_S, UNMIRRORED_LOOKUPS_BURST)
 
     async def _webhook_of_trigger(self, request: Request) -> tuple[str, feed_pb2.WebhookRecord]:
         unknown = Rejection(404, "trigger_not_found", "no such trigger")
@@ -318,9 +329,7 @@ class WebhookEndpoint:
     async def _listed_record(self, webhook_id: str) -> feed_pb2.WebhookRecord | None:
         """The record of a webhook the trigger lists but the webhook mirror does not hold yet (the two mirrors
         follow separate buckets, so a new webhook can reach the trigger's list first): read from the bucket."""
-        if not self._nc.is_connected:
-            raise unavailable()
-        return await self._webhooks.get(webhook_id)
+        return await self._webhooks.get(webhook_id) if self._may_look_up() else None
 
     def _authenticate_token(self, record: feed_pb2.WebhookRecord, headers: dict[bytes, bytes], now: float) -> None:
         presented = _token(record, headers)

@@ -33,6 +33,7 @@ from kairos.core.names import new_id
 from kairos.core.natsserver import MAX_PAYLOAD_BYTES, EmbeddedNatsServer
 from kairos.core.runtime import Runtime, run_services
 from kairos.core.sealing import Sealer
+from kairos.ingress import endpoint
 from kairos.ingress.endpoint import delivery_token
 from kairos.v1 import feed_pb2, fire_pb2, run_pb2, trigger_pb2, webhook_pb2
 
@@ -337,6 +338,36 @@ async def test_rate_limit_and_trigger_alias(ingress: Ingress) -> None:
         response = await ingress.http.post(f"{ingress.base}/triggers/{unknown}/webhook", json={}, headers=auth)
         refused(response, 404, "trigger_not_found")
     assert await ingress.metric('kairos_ingress_requests_total{status="429"}') == 2
+
+
+async def test_made_up_webhook_ids_are_looked_up_in_nats_at_a_bounded_rate(ingress: Ingress, monkeypatch) -> None:
+    """A webhook the mirror does not hold is looked up in its bucket (a new one reaches the mirror a little
+    later), but a flood of made-up ids must not become as many NATS requests: past the look-up budget, 404 is
+    answered from the mirror alone."""
+    monkeypatch.setattr(endpoint, "UNMIRRORED_LOOKUPS_PER_S", 5.0)
+    monkeypatch.setattr(endpoint, "UNMIRRORED_LOOKUPS_BURST", 10)
+    stream = f"KV_{messaging.WEBHOOKS_BUCKET}"
+    watcher = await nats.connect(ingress.nats.url)
+    try:
+        # Both ways nats-py reads a key: a direct get, or the stream's message get.
+        subscriptions = [
+            await watcher.subscribe(subject)
+            for subject in (
+                f"$JS.API.DIRECT.GET.{stream}.>",
+                f"$JS.API.DIRECT.GET.{stream}",
+                f"$JS.API.STREAM.MSG.GET.{stream}",
+            )
+        ]
+        await watcher.flush()
+        started = time.monotonic()
+        for _ in range(40):
+            refused(await ingress.http.post(f"{ingress.base}/hooks/{new_id('wh')}", json={}), 404, "webhook_not_found")
+        elapsed = time.monotonic() - started
+        await watcher.flush()  # each look-up request the ingress sent is in a subscription's queue by now
+        lookups = sum(subscription.pending_msgs for subscription in subscriptions)
+    finally:
+        await watcher.close()
+    assert 10 <= lookups <= 10 + 5.0 * elapsed + 1, (lookups, elapsed)
 
 
 async def test_nats_outage_is_503_and_not_ready(ingress: Ingress) -> None:
