@@ -1,11 +1,14 @@
 """The suite as it runs in production: four separate processes against a real nats-server, each service
 with its own SQLite file. Proves the schedule and webhook paths end in a completed run, that a wrong bearer
-token is refused, that health and reflection answer, and that SIGTERM shuts every process down cleanly."""
+token is refused, that health and reflection answer, and that SIGTERM shuts every process down cleanly. And that a
+service raises its soft limit on open files (every connection is one) to the hard limit."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -172,3 +175,16 @@ async def test_four_processes_schedule_and_webhook_runs_complete(processes: Proc
             assert [r.name for r in listed.runs] == [run.name]
     finally:
         await tracer.close()
+
+
+def test_services_raise_their_open_files_limit_to_the_hard_limit() -> None:
+    """Run in a child whose soft limit is set low first (as a shell's `ulimit -Sn 256` would)."""
+    script = (
+        "import resource\n"
+        "from kairos.core.runtime import raise_open_files_limit\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
+        "assert raise_open_files_limit() == hard\n"
+        "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -63,6 +64,22 @@ async def _drain(nc: NatsClient) -> None:
         await nc.close()
 
 
+def raise_open_files_limit() -> int:
+    """Raises this process's soft limit on open files to its hard limit, and returns it. Every connection is a file
+    descriptor, and the soft limit is often 1,024: a few hundred clients too slow to send a request (held until
+    the ingress's request timeout) would otherwise leave no room for real senders, or for NATS and the database."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as error:  # e.g. macOS, whose hard limit may be "unlimited"
+        log.info("open files limit left as it is", soft=soft, hard=hard, error=str(error))
+        return soft
+    log.info("open files limit raised", soft=hard, was=soft)
+    return hard
+
+
 async def run_services(
     services: Sequence[str],
     config: ServiceConfig,
@@ -76,6 +93,7 @@ async def run_services(
     unknown = [name for name in services if name not in SERVICE_MODULES]
     if unknown:
         raise ValueError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICE_MODULES)}")
+    raise_open_files_limit()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
