@@ -108,7 +108,10 @@ class EmbeddedServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if counter % 10 == 0:  # uvicorn ticks every 0.1 s
-            self._time_out_slow_clients(time.monotonic())
+            try:
+                self._time_out_slow_clients(time.monotonic())
+            except Exception:  # e.g. uvicorn's connection internals changed: keep serving, say so
+                log.exception("could not check for slow clients")
         return await super().on_tick(counter)
 
     def _time_out_slow_clients(self, now: float) -> None:

@@ -11,7 +11,7 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from kairos.ingress.asgi import Answer, send_answer
-from kairos.ingress.httpserver import MAX_HEAD_BYTES, start_http
+from kairos.ingress.httpserver import MAX_HEAD_BYTES, EmbeddedServer, start_http
 
 REQUEST_TIMEOUT_S = 1
 WAIT_S = 15.0
@@ -115,3 +115,20 @@ async def test_on_stop_a_client_still_sending_its_request_gets_503_at_once() -> 
         answer = await reader.read()
         writer.close()
     assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+
+
+async def test_a_failing_slow_client_check_does_not_stop_the_server(monkeypatch) -> None:
+    """The check reads uvicorn's connection internals; should they change, it fails and the server serves on."""
+    checked = asyncio.Event()
+
+    def failing_check(self, now: float) -> None:
+        checked.set()
+        raise AttributeError("'HttpToolsProtocol' object has no attribute 'cycle'")
+
+    monkeypatch.setattr(EmbeddedServer, "_time_out_slow_clients", failing_check)
+    async with AsyncExitStack() as stack, asyncio.timeout(WAIT_S):
+        port = await start_http(stack, SlowWhenAsked(), "127.0.0.1", 0)
+        await checked.wait()
+        reader, writer = await connect(stack, port)
+        writer.write(request(b"/hooks/x"))
+        assert await status_of_response(reader) == b"HTTP/1.1 202 Accepted"
