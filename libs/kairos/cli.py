@@ -340,15 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--draft", action="store_true", help="create as a draft that does not fire")
     create.add_argument("--request-id", default="", help="idempotency key")
     create.add_argument("--output", choices=["json", "name"], default="json", help="name: print only the name")
-    listing = triggers.add_parser("list")
+    listing = triggers.add_parser("list", help="list the workspace's triggers")
     listing.add_argument("--page-size", type=int, default=50)
     listing.add_argument("--page-token", default="")
-    for verb in ("get", "delete"):
-        triggers.add_parser(verb).add_argument("name")
-    for verb in ("pause", "resume"):
-        state = triggers.add_parser(verb)
+    for verb, purpose in (("get", "show a trigger"), ("delete", "delete a trigger and its webhooks")):
+        triggers.add_parser(verb, help=purpose).add_argument("name")
+    for verb, purpose in (("pause", "stop a trigger from firing"), ("resume", "let a paused trigger fire again")):
+        state = triggers.add_parser(verb, help=purpose)
         state.add_argument("name")
-        state.add_argument("--note", default="")
+        state.add_argument("--note", default="", help="why, kept on the trigger")
     fire = triggers.add_parser("fire", help="fire now, whatever the schedule")
     fire.add_argument("name")
     fire.add_argument("--input", type=_json_object, help="input overrides, a JSON object")
@@ -367,12 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     create_webhook.add_argument(
         "--output", choices=["json", "env"], default="json", help="env: WEBHOOK_NAME/URL/SECRET lines for eval"
     )
-    webhooks.add_parser("list").add_argument("--trigger", default="")
-    for verb in ("get", "delete"):
-        webhooks.add_parser(verb).add_argument("name")
+    webhooks.add_parser("list", help="list the workspace's webhooks").add_argument(
+        "--trigger", default="", help="only this trigger's webhooks"
+    )
+    for verb, purpose in (
+        ("get", "show a webhook (its secrets' hints, never their values)"),
+        ("delete", "delete a webhook"),
+    ):
+        webhooks.add_parser(verb, help=purpose).add_argument("name")
 
     runs = commands.add_parser("runs", help="read run history").add_subparsers(dest="action", required=True)
-    list_runs = runs.add_parser("list")
+    list_runs = runs.add_parser("list", help="list runs, newest first")
     list_runs.add_argument("--trigger", default="", help="only this trigger's runs")
     list_runs.add_argument(
         "--status",
@@ -380,12 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["", "running", "completed", "failed", "cancelled", "timed_out", "skipped"],
     )
     list_runs.add_argument("--page-size", type=int, default=20)
-    runs.add_parser("get").add_argument("name")
+    runs.add_parser("get", help="show a run with its input and output").add_argument("name")
 
     workspaces = commands.add_parser("workspaces", help="administer workspaces (KAIROS_API_KEY = admin key)")
     workspace_actions = workspaces.add_subparsers(dest="action", required=True)
-    for verb in ("create", "create-key"):
-        sub = workspace_actions.add_parser(verb)
+    for verb, purpose in (("create", "create a workspace"), ("create-key", "create an API key for a workspace")):
+        sub = workspace_actions.add_parser(verb, help=purpose)
         sub.add_argument("id")
         sub.add_argument("--display-name", default="")
     return parser
