@@ -1,7 +1,8 @@
 """The ingress's HTTP server (`start_http`, the real uvicorn set-up on a real socket) against clients too slow to
 send a request (Slowloris): each gets 408 and its connection is closed once the request timeout has passed, while
-a request the app is still working on is left alone and other clients are served throughout. On stop, a client
-still sending its request is answered 503 at once instead of being waited for.
+a request the app is still working on is left alone and other clients are served throughout. A request head over
+the limit gets 431 (a large body does not count towards it). On stop, a client still sending its request is
+answered 503 at once instead of being waited for. Should the slow-client check fail, the server serves on.
 
 Every wait is bounded by asyncio.timeout; the app's slow request waits on an event the test sets, not a sleep."""
 
