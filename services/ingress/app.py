@@ -70,7 +70,9 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
         tolerance_s=config.webhook_tolerance_s,
     )
     app = build_app(endpoint, metrics, lambda: runtime.nats.is_connected and publisher.is_connected)
-    port = await start_http(stack, app, config.http_host, config.http_port, config.http_request_timeout_s)
+    port = await start_http(
+        stack, app, config.http_host, config.http_port, config.http_request_timeout_s, on_refused=metrics.answered
+    )
     base = config.public_url or f"http://{config.http_host}:{port}"
     runtime.endpoints["webhooks"] = f"{base}/hooks/"
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import structlog
@@ -23,16 +25,19 @@ log = structlog.get_logger(__name__)
 
 # A request line and its headers together: far above what webhook senders send (a few KiB), far below memory trouble.
 MAX_HEAD_BYTES = 64 * 1024
+# The server's own answers to a request that has not arrived whole: (status, reason phrase, JSON body).
 HEAD_TOO_LARGE = (
-    b"431 Request Header Fields Too Large",
+    431,
+    b"Request Header Fields Too Large",
     b'{"error":"headers_too_large","message":"the request line and headers must be at most %d bytes"}' % MAX_HEAD_BYTES,
 )
-
 REQUEST_TIMEOUT = (
-    b"408 Request Timeout",
+    408,
+    b"Request Timeout",
     b'{"error":"request_timeout","message":"the request did not arrive whole in time"}',
 )
-STOPPING = (b"503 Service Unavailable", b'{"error":"unavailable","message":"the server is stopping; retry"}')
+STOPPING = (503, b"Service Unavailable", b'{"error":"unavailable","message":"the server is stopping; retry"}')
+Refusal = tuple[int, bytes, bytes]
 # On stop, requests in progress get this long to be answered (an accepted one waits for its ack, at most
 # PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS); uvicorn's default would wait for every connection without end.
 GRACEFUL_STOP_S = 2 * PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS
@@ -48,8 +53,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     memory: a test request with 160 MB of headers was taken whole, so one client could exhaust it), and the
     refusal of a request that has not arrived whole, used for that bound and by `EmbeddedServer`."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, on_refused: Callable[[int], None] | None = None, **kwargs) -> None:
+        """`on_refused(status)` is called for each answer the server gives on its own (408, 431, 503)."""
         super().__init__(*args, **kwargs)
+        self._on_refused = on_refused
         self._head_bytes = 0  # received since a head was last completed, outside a body
         self.refused = False
 
@@ -74,7 +81,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         return cycle is None or cycle.response_complete or cycle.more_body
 
-    def refuse(self, answer: tuple[bytes, bytes]) -> None:
+    def refuse(self, answer: Refusal) -> None:
         """Ends a connection whose request has not arrived whole with `answer` (status line, JSON body), unless it
         owes an answer already (to a request the app holds, or one whose answer has begun): then it just closes."""
         cycle = self.cycle
@@ -84,11 +91,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.more_body:  # the app waits for the rest of the body: it will not come
             cycle.disconnected = True
             cycle.message_event.set()
-        status, body = answer
+        status, reason, body = answer
         self.transport.write(
-            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (status, len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason, len(body), body)
         )
+        if self._on_refused is not None:
+            self._on_refused(status)
         self.transport.write_eof()
         self.refused = True
         self.loop.call_later(LINGER_S, self.transport.close)
@@ -151,9 +160,15 @@ class EmbeddedServer(uvicorn.Server):
 
 
 async def start_http(
-    stack: AsyncExitStack, app, host: str, port: int, request_timeout_s: float = DEFAULT_HTTP_REQUEST_TIMEOUT_S
+    stack: AsyncExitStack,
+    app,
+    host: str,
+    port: int,
+    request_timeout_s: float = DEFAULT_HTTP_REQUEST_TIMEOUT_S,
+    on_refused: Callable[[int], None] | None = None,
 ) -> int:
-    """Serves `app` on host:port (0 picks a free port); returns the bound port."""
+    """Serves `app` on host:port (0 picks a free port); returns the bound port. `on_refused(status)` is called
+    for each answer the server gives on its own, without the app (408, 431, 503 on stop)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -165,7 +180,7 @@ async def start_http(
         lifespan="off",
         server_header=False,
         proxy_headers=False,
-        http=BoundedHttpToolsProtocol,
+        http=functools.partial(BoundedHttpToolsProtocol, on_refused=on_refused),
         ws="none",
         timeout_graceful_shutdown=GRACEFUL_STOP_S,
     )

@@ -63,7 +63,8 @@ async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReade
 async def test_clients_too_slow_to_send_a_request_get_408_and_are_closed() -> None:
     app = SlowWhenAsked()
     async with AsyncExitStack() as stack, asyncio.timeout(WAIT_S):
-        port = await start_http(stack, app, "127.0.0.1", 0, request_timeout_s=REQUEST_TIMEOUT_S)
+        refused: list[int] = []
+        port = await start_http(stack, app, "127.0.0.1", 0, REQUEST_TIMEOUT_S, on_refused=refused.append)
         stack.callback(app.release.set)
         silent, partial_headers, partial_body, slow_app = [await connect(stack, port) for _ in range(4)]
         partial_headers[1].write(HEADERS % b"/hooks/x")
@@ -75,6 +76,7 @@ async def test_clients_too_slow_to_send_a_request_get_408_and_are_closed() -> No
         for answer in answers:  # everything sent before the server closed the connection
             assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
             assert answer.endswith(b'{"error":"request_timeout","message":"the request did not arrive whole in time"}')
+        assert refused == [408, 408, 408]  # counted (the ingress counts them in its requests-by-status metric)
 
         # The request the app held all that time (over the timeout) is still answered, and a new client is served.
         app.release.set()
@@ -87,7 +89,8 @@ async def test_clients_too_slow_to_send_a_request_get_408_and_are_closed() -> No
 async def test_a_request_head_over_the_limit_gets_431_and_the_connection_is_closed() -> None:
     app = SlowWhenAsked()
     async with AsyncExitStack() as stack, asyncio.timeout(WAIT_S):
-        port = await start_http(stack, app, "127.0.0.1", 0)
+        refused: list[int] = []
+        port = await start_http(stack, app, "127.0.0.1", 0, on_refused=refused.append)
         big_header = b"x-padding: %s\r\n" % (b"a" * (MAX_HEAD_BYTES // 2))
         fits, one_huge, many = [await connect(stack, port) for _ in range(3)]
         fits[1].write(HEADERS % b"/hooks/x" + big_header + b"content-length: 2\r\n\r\n{}")
@@ -102,13 +105,15 @@ async def test_a_request_head_over_the_limit_gets_431_and_the_connection_is_clos
             answer = await reader.read()  # everything sent before the server closed the connection
             assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
             assert b'"error":"headers_too_large"' in answer
+        assert refused == [431, 431]
 
 
 async def test_on_stop_a_client_still_sending_its_request_gets_503_at_once() -> None:
     app = SlowWhenAsked()
+    refused: list[int] = []
     async with asyncio.timeout(WAIT_S):
         async with AsyncExitStack() as stack:
-            port = await start_http(stack, app, "127.0.0.1", 0, request_timeout_s=3600)
+            port = await start_http(stack, app, "127.0.0.1", 0, 3600, on_refused=refused.append)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(PARTIAL_BODY)
             await app.reading.wait()
@@ -116,6 +121,7 @@ async def test_on_stop_a_client_still_sending_its_request_gets_503_at_once() -> 
         answer = await reader.read()
         writer.close()
     assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+    assert refused == [503]
 
 
 async def test_a_failing_slow_client_check_does_not_stop_the_server(monkeypatch) -> None:

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import nats
@@ -35,6 +36,7 @@ from kairos.core.runtime import Runtime, run_services
 from kairos.core.sealing import Sealer
 from kairos.ingress import endpoint
 from kairos.ingress.endpoint import delivery_token
+from kairos.ingress.httpserver import MAX_HEAD_BYTES
 from kairos.v1 import feed_pb2, fire_pb2, run_pb2, trigger_pb2, webhook_pb2
 
 WAIT_S = 10.0
@@ -368,6 +370,19 @@ async def test_made_up_webhook_ids_are_looked_up_in_nats_at_a_bounded_rate(ingre
     finally:
         await watcher.close()
     assert 10 <= lookups <= 10 + 5.0 * elapsed + 1, (lookups, elapsed)
+
+
+async def test_answers_the_http_server_gives_on_its_own_are_counted_by_status(ingress: Ingress) -> None:
+    address = urlsplit(ingress.base)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(b"POST /hooks/x HTTP/1.1\r\nhost: a\r\nx-padding: " + b"a" * (2 * MAX_HEAD_BYTES))
+        async with asyncio.timeout(WAIT_S):
+            answer = await reader.read()  # everything sent before the server closed the connection
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
+    assert await ingress.metric('kairos_ingress_requests_total{status="431"}') == 1
 
 
 async def test_nats_outage_is_503_and_not_ready(ingress: Ingress) -> None:
