@@ -98,7 +98,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         if self._on_refused is not None:
             self._on_refused(status)
-        self.transport.write_eof()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
         self.refused = True
         self.loop.call_later(LINGER_S, self.transport.close)
 
