@@ -37,6 +37,7 @@ REQUEST_TIMEOUT = (
     b'{"error":"request_timeout","message":"the request did not arrive whole in time"}',
 )
 STOPPING = (503, b"Service Unavailable", b'{"error":"unavailable","message":"the server is stopping; retry"}')
+NOT_HTTP = (400, b"Bad Request", b'{"error":"bad_request","message":"the request is not valid HTTP/1.1"}')
 Refusal = tuple[int, bytes, bytes]
 # On stop, requests in progress get this long to be answered (an accepted one waits for its ack, at most
 # PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS); uvicorn's default would wait for every connection without end.
@@ -51,10 +52,11 @@ LINGER_S = 2.0
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bound on a request's head (httptools keeps a head of any size in
     memory: a test request with 160 MB of headers was taken whole, so one client could exhaust it), and the
-    refusal of a request that has not arrived whole, used for that bound and by `EmbeddedServer`."""
+    refusal of a request that has not arrived whole, used for that bound, for bytes that are not HTTP, and by
+    `EmbeddedServer`."""
 
     def __init__(self, *args, on_refused: Callable[[int], None] | None = None, **kwargs) -> None:
-        """`on_refused(status)` is called for each answer the server gives on its own (408, 431, 503)."""
+        """`on_refused(status)` is called for each answer the server gives on its own (400, 408, 431, 503)."""
         super().__init__(*args, **kwargs)
         self._on_refused = on_refused
         self._head_bytes = 0  # received since a head was last completed, outside a body
@@ -72,6 +74,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self.refuse(HEAD_TOO_LARGE)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes httptools cannot parse, as JSON like every other answer (its own is text)."""
+        self.refuse(NOT_HTTP)
 
     def waiting_on_client(self) -> bool:
         """Whether the connection waits for its client to send (the rest of) a request: it neither idles between
@@ -169,7 +175,7 @@ async def start_http(
     on_refused: Callable[[int], None] | None = None,
 ) -> int:
     """Serves `app` on host:port (0 picks a free port); returns the bound port. `on_refused(status)` is called
-    for each answer the server gives on its own, without the app (408, 431, 503 on stop)."""
+    for each answer the server gives on its own, without the app (400, 408, 431, 503 on stop)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

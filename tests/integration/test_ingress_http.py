@@ -1,8 +1,9 @@
 """The ingress's HTTP server (`start_http`, the real uvicorn set-up on a real socket) against clients too slow to
 send a request (Slowloris): each gets 408 and its connection is closed once the request timeout has passed, while
 a request the app is still working on is left alone and other clients are served throughout. A request head over
-the limit gets 431 (a large body does not count towards it). On stop, a client still sending its request is
-answered 503 at once instead of being waited for. Should the slow-client check fail, the server serves on.
+the limit gets 431 (a large body does not count towards it), and bytes that are not HTTP a JSON 400. On stop, a
+client still sending its request is answered 503 at once instead of being waited for. Should the slow-client check
+fail, the server serves on.
 
 Every wait is bounded by asyncio.timeout; the app's slow request waits on an event the test sets, not a sleep."""
 
@@ -106,6 +107,18 @@ async def test_a_request_head_over_the_limit_gets_431_and_the_connection_is_clos
             assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
             assert b'"error":"headers_too_large"' in answer
         assert refused == [431, 431]
+
+
+async def test_bytes_that_are_not_http_get_a_json_400() -> None:
+    refused: list[int] = []
+    async with AsyncExitStack() as stack, asyncio.timeout(WAIT_S):
+        port = await start_http(stack, SlowWhenAsked(), "127.0.0.1", 0, on_refused=refused.append)
+        reader, writer = await connect(stack, port)
+        writer.write(b"\x16\x03\x01\x02\x00 not http\r\n\r\n")  # e.g. a TLS hello sent to the plain port
+        answer = await reader.read()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"), answer
+    assert answer.endswith(b'{"error":"bad_request","message":"the request is not valid HTTP/1.1"}')
+    assert refused == [400]
 
 
 async def test_on_stop_a_client_still_sending_its_request_gets_503_at_once() -> None:
