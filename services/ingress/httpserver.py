@@ -1,7 +1,9 @@
 """The HTTP server the ingress serves webhooks on (and the benchmark's bare handler, for a fair comparison):
 uvicorn with httptools and uvloop inside the service's own event loop, hardened for the internet. uvicorn bounds
 neither how long a client may take to send a request nor how large a request head may grow, so this module adds
-both: a request timeout checked once a second on uvicorn's own tick, and a head limit checked as data arrives."""
+both: a request timeout checked once a second on uvicorn's own tick, and a head limit checked as data arrives. Its
+own answers (those two, bytes that are not HTTP, a stop) are JSON like the app's, and a stop does not wait for
+clients still sending."""
 
 from __future__ import annotations
 
@@ -42,8 +44,6 @@ Refusal = tuple[int, bytes, bytes]
 # On stop, requests in progress get this long to be answered (an accepted one waits for its ack, at most
 # PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS); uvicorn's default would wait for every connection without end.
 GRACEFUL_STOP_S = 2 * PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS
-
-
 # A refused connection is half-closed after its answer, and what the client still sends is read and dropped for
 # this long before the close: closing with unread data resets the connection, and the client may lose the answer.
 LINGER_S = 2.0
@@ -88,10 +88,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return cycle is None or cycle.response_complete or cycle.more_body
 
     def refuse(self, answer: Refusal) -> None:
-        """Ends a connection whose request has not arrived whole with `answer` (status line, JSON body), unless it
-        owes an answer already (to a request the app holds, or one whose answer has begun): then it just closes."""
+        """Ends a connection whose request has not arrived whole with `answer`, unless it owes an answer already
+        (to a request the app holds, or one whose answer has begun): then it just closes."""
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and not (cycle.more_body and not cycle.response_started):
+        in_progress = cycle is not None and not cycle.response_complete
+        if in_progress and (not cycle.more_body or cycle.response_started):
             self.transport.close()
             return
         if cycle is not None and cycle.more_body:  # the app waits for the rest of the body: it will not come
