@@ -17,37 +17,50 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger
+from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.v1 import run_pb2, run_service_pb2, trigger_service_pb2
 
 KAIROS = Path(sysconfig.get_path("scripts")) / "kairos"
 START_TIMEOUT_S = 60
 
 
-async def start_dev(data_dir: Path) -> tuple[asyncio.subprocess.Process, str, str]:
-    """Starts `kairos dev`; returns the process, the gRPC address and the API key it printed."""
+async def start_dev(
+    data_dir: Path, nats_url: str = "", log: Path | None = None
+) -> tuple[asyncio.subprocess.Process, str, str, list[str]]:
+    """Starts `kairos dev` (on its own NATS, or on `nats_url`; its log written to `log`, else dropped); returns the
+    process, the gRPC address and the API key it printed, and the banner lines up to the key."""
     env = {k: v for k, v in os.environ.items() if k != "KAIROS_NATS_URL"}
     env.update(KAIROS_GRPC_PORT="0", KAIROS_HTTP_PORT="0")
-    process = await asyncio.create_subprocess_exec(
-        str(KAIROS),
-        "--data-dir",
-        str(data_dir),
-        "dev",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    if nats_url:
+        env["KAIROS_NATS_URL"] = nats_url
+    stderr = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if log else asyncio.subprocess.DEVNULL
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(KAIROS),
+            "--data-dir",
+            str(data_dir),
+            "dev",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            os.close(stderr)  # the child has its own copy
     address = key = ""
+    banner: list[str] = []
     async with asyncio.timeout(START_TIMEOUT_S):
         while not key:
             line = (await process.stdout.readline()).decode()
+            banner.append(line)
             if not line:
                 raise AssertionError(f"kairos dev exited early with {await process.wait()}")
             if match := re.match(r"\s+gRPC\s+(\S+)", line):
                 address = match.group(1)
             if match := re.match(r"\s+export KAIROS_API_KEY=(\S+)", line):
                 key = match.group(1)
-    return process, address, key
+    return process, address, key, banner
 
 
 async def interrupt(process: asyncio.subprocess.Process) -> str:
@@ -62,7 +75,7 @@ async def interrupt(process: asyncio.subprocess.Process) -> str:
 @pytest.mark.timeout(180)
 async def test_dev_runs_the_suite_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> None:
     data_dir = tmp_path / ".kairos"
-    process, address, key = await start_dev(data_dir)
+    process, address, key, _ = await start_dev(data_dir)
     try:
         async with KairosClient(address, key) as kairos:
             health = await health_pb2_grpc.HealthStub(kairos._channels[address]).Check(health_pb2.HealthCheckRequest())
@@ -83,7 +96,7 @@ async def test_dev_runs_the_suite_stops_cleanly_and_reuses_its_data(tmp_path: Pa
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(nats_address.hostname, nats_address.port)
 
-    process, address, second_key = await start_dev(data_dir)
+    process, address, second_key, _ = await start_dev(data_dir)
     try:
         assert second_key != key
         async with KairosClient(address, second_key) as kairos:
@@ -91,6 +104,28 @@ async def test_dev_runs_the_suite_stops_cleanly_and_reuses_its_data(tmp_path: Pa
         assert again.trigger.source.schedule.cron.expression == "0 9 * * *"
     finally:
         await interrupt(process)
+
+
+@pytest.mark.timeout(180)
+async def test_dev_on_a_nats_of_the_users_own_never_prints_its_credentials(tmp_path: Path) -> None:
+    users = 'authorization { users = [ { user: "kairos", password: "s3cret" } ] }'
+    async with EmbeddedNatsServer(tmp_path / "nats", extra_config=users) as server:
+        data_dir = tmp_path / ".kairos"
+        log = tmp_path / "dev.log"
+        url = f"nats://kairos:s3cret@{server.host}:{server.port}"
+        process, address, key, banner = await start_dev(data_dir, url, log)
+        try:
+            async with KairosClient(address, key) as kairos:
+                await kairos.triggers.CreateTrigger(
+                    trigger_service_pb2.CreateTriggerRequest(trigger=schedule_trigger(cron="0 9 * * *"))
+                )
+        finally:
+            output = await interrupt(process)
+    assert f"  NATS       nats://{server.host}:{server.port}\n" in banner
+    logged = log.read_text()
+    assert "nats_url" in logged  # the log does name the server (on the way down, nats.disconnected)
+    assert "s3cret" not in "".join(banner) + output + logged
+    assert not (data_dir / "nats").exists(), "kairos dev started a NATS of its own"
 
 
 def readme_tour() -> str:
@@ -106,7 +141,7 @@ def readme_tour() -> str:
 async def test_readme_tour_works_verbatim(tmp_path: Path) -> None:
     repo = Path(__file__).parents[2]
     assert (repo / ".venv" / "bin" / "activate").exists(), "the tour sources .venv: run the tests with make test"
-    process, address, key = await start_dev(tmp_path / ".kairos")
+    process, address, key, _ = await start_dev(tmp_path / ".kairos")
     try:
         endpoints = json.loads((tmp_path / ".kairos" / "endpoints.json").read_text())
         tracer = await nats.connect(endpoints["nats"])
