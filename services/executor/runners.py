@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from nats.aio.client import Client as NatsClient
 
+from kairos.core import messaging
 from kairos.executor.notify import Signer
 from kairos.v1 import trigger_pb2
 
@@ -42,7 +43,9 @@ class Runners:
         if kind == "http":
             return await self._http_post(runner.http.url, envelope, timeout)
         if kind == "nats":
-            subject = runner.nats.subject or f"kairos.agents.{agent.removeprefix('agents/')}.run"
+            subject = runner.nats.subject or f"{messaging.AGENT_SUBJECT_PREFIX}{agent.removeprefix('agents/')}.run"
+            if messaging.reserved_for_kairos(subject):  # the registry refuses it; a trigger from before may have it
+                raise AgentError(f"the runner's subject {subject!r} is one of Kairos' own", retryable=False)
             return await self._nats_request(subject, envelope, timeout)
         raise AgentError("the trigger has no runner", retryable=False)
 

@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 from urllib.parse import urlparse
 
+from kairos.core import messaging
 from kairos.core.errors import invalid_argument
 from kairos.core.schedule import Schedule, compile_schedule
 from kairos.v1 import trigger_pb2, webhook_pb2
@@ -120,10 +121,19 @@ def _validate_action(action: trigger_pb2.Action) -> None:
         raise invalid_argument("UNKNOWN_RUNNER", "trigger.action.runner", "set one of http, nats or python")
     if runner == "http":
         _http_url(action.runner.http.url, "trigger.action.runner.http.url", "INVALID_RUNNER_URL")
-    elif runner == "nats" and action.runner.nats.subject and not NATS_SUBJECT.match(action.runner.nats.subject):
-        raise invalid_argument(
-            "INVALID_RUNNER_SUBJECT", "trigger.action.runner.nats.subject", "must be a literal NATS subject"
-        )
+    elif runner == "nats" and action.runner.nats.subject:
+        subject = action.runner.nats.subject
+        if not NATS_SUBJECT.match(subject):
+            raise invalid_argument(
+                "INVALID_RUNNER_SUBJECT", "trigger.action.runner.nats.subject", "must be a literal NATS subject"
+            )
+        if messaging.reserved_for_kairos(subject):
+            raise invalid_argument(
+                "INVALID_RUNNER_SUBJECT",
+                "trigger.action.runner.nats.subject",
+                f"{subject!r} is one of Kairos' own subjects; agents listen under "
+                f"{messaging.AGENT_SUBJECT_PREFIX}* or outside kairos.*",
+            )
     elif runner == "python" and not ENTRY_POINT.match(action.runner.python.entry_point):
         raise invalid_argument(
             "INVALID_ENTRY_POINT",

@@ -395,6 +395,24 @@ def test_backoff_grows_exponentially_is_capped_and_jittered_and_days_follow_the_
     assert spring_forward[1] - spring_forward[0] == timedelta(hours=23)
 
 
+async def test_a_runner_subject_of_kairos_itself_fails_the_run_and_sends_nothing(executor: Executor) -> None:
+    """A trigger stored before the registry refused such subjects (or put in the feed by hand) must not let a
+    workspace publish into another's events: the executor refuses the subject itself."""
+    received = []
+
+    async def on_event(message) -> None:
+        received.append(message.subject)
+
+    await executor.nc.subscribe("kairos.events.>", cb=on_event)
+    await executor.nc.flush()
+    fire_id = await executor.fire("hijack", "", nats_subject="kairos.events.victim.thread.created")
+    ended = await executor.ended(fire_id)
+    assert (ended.type, ended.status) == ("run.failed", Status.RUN_STATUS_FAILED)
+    assert "is one of Kairos' own" in ended.error_message
+    await executor.nc.flush()  # anything the run had sent would be here by now
+    assert received == []
+
+
 async def test_nats_runner_gets_the_envelope_as_the_owner_and_a_silent_agent_times_out(executor: Executor) -> None:
     envelopes: list[dict] = []
 

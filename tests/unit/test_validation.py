@@ -117,6 +117,8 @@ def test_every_runner_kind_is_accepted() -> None:
     validate_trigger(trigger, ANCHOR)
     trigger.action.runner.nats.subject = "team-a.agents.digest_v2"
     validate_trigger(trigger, ANCHOR)
+    trigger.action.runner.nats.subject = "kairos.agents.digest.run"
+    validate_trigger(trigger, ANCHOR)
 
 
 def test_limits_are_inclusive() -> None:
@@ -267,6 +269,22 @@ TRIGGER_RULES: list[tuple[str, Callable[[trigger_pb2.Trigger], object], str, str
         lambda t: setattr(t.action.runner.nats, "subject", "agents.*.run"),
         "INVALID_RUNNER_SUBJECT",
         "trigger.action.runner.nats.subject",
+    ),
+    *(
+        (
+            f"nats subject of Kairos itself: {subject}",
+            lambda t, subject=subject: setattr(t.action.runner.nats, "subject", subject),
+            "INVALID_RUNNER_SUBJECT",
+            "trigger.action.runner.nats.subject",
+        )
+        for subject in (
+            "kairos.events.other-workspace.thread.created",
+            "kairos.fire.other-workspace.t_1",
+            "kairos.trace.other-workspace.t_1",
+            "kairos.control.registry.pause_trigger",
+            "kairos.agentsX.run",
+            "_INBOX.abc.1",
+        )
     ),
     (
         "nats subject with space",

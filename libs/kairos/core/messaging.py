@@ -115,6 +115,18 @@ def _validate_event_type(event_type: str) -> str:
     return event_type
 
 
+AGENT_SUBJECT_PREFIX = "kairos.agents."
+
+
+def reserved_for_kairos(subject: str) -> bool:
+    """Whether `subject` belongs to Kairos itself, so no agent runner may send to it: every `kairos.` subject but
+    the agents' (`kairos.agents.`), reply inboxes (`_INBOX.`) and NATS's own (`$`). A trigger whose runner sent
+    to, say, `kairos.events.<another workspace>.<type>` would fire that workspace's event triggers."""
+    if subject.startswith("kairos."):
+        return not subject.startswith(AGENT_SUBJECT_PREFIX)
+    return subject.startswith(("_INBOX.", "$"))
+
+
 def fire_subject(workspace: str, trigger_id: str) -> str:
     """`kairos.fire.<workspace>.<trigger_id>`."""
     return _join(FIRE_SUBJECT_PREFIX, workspace, trigger_id)
