@@ -16,6 +16,10 @@ from kairos.core import messaging
 from kairos.executor.notify import Signer
 from kairos.v1 import trigger_pb2
 
+# An http agent's answer is read up to this size, as a nats agent's is bounded by the NATS max payload (1 MiB by
+# default): it becomes the run's output, kept and served whole.
+MAX_ANSWER_BYTES = 1 << 20
+
 
 class AgentError(Exception):
     """The agent failed; `retryable` says whether another attempt may succeed."""
@@ -75,20 +79,21 @@ class Runners:
             raise AgentError(f"{type(error).__name__}: {error}") from error
 
     async def _http_post(self, url: str, envelope: dict[str, Any], timeout: float) -> Any:
+        body = json.dumps(envelope)
+        headers = self._signer.headers(f"{envelope.get('run', '')}/{envelope.get('attempt', 0)}", body)
         try:
-            body = json.dumps(envelope)
-            headers = self._signer.headers(f"{envelope.get('run', '')}/{envelope.get('attempt', 0)}", body)
-            response = await self._http.post(url, content=body, headers=headers, timeout=timeout)
+            async with self._http.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
+                if response.status_code >= 500:
+                    raise AgentError(f"agent answered {response.status_code}")
+                if response.status_code >= 400:
+                    raise AgentError(f"agent refused the run with {response.status_code}", retryable=False)
+                answer = await _bounded_body(response)
         except httpx.TimeoutException:
             raise TimeoutError from None
         except httpx.HTTPError as error:
             raise AgentError(f"agent unreachable: {error}") from error
-        if response.status_code >= 500:
-            raise AgentError(f"agent answered {response.status_code}")
-        if response.status_code >= 400:
-            raise AgentError(f"agent refused the run with {response.status_code}", retryable=False)
         try:
-            return response.json() if response.content else None
+            return json.loads(answer) if answer else None
         except ValueError as error:
             raise AgentError("agent answered with a body that is not JSON", retryable=False) from error
 
@@ -103,3 +108,15 @@ class Runners:
             return json.loads(reply.data) if reply.data else None
         except ValueError as error:
             raise AgentError("agent replied with a body that is not JSON", retryable=False) from error
+
+
+async def _bounded_body(response: httpx.Response) -> bytes:
+    """An http agent's answer, read only up to MAX_ANSWER_BYTES: the agent's URL is the workspace's to choose, and
+    an answer without end would take the memory every workspace's runs share."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AgentError(f"agent answered with more than {MAX_ANSWER_BYTES} bytes", retryable=False)
+        chunks.append(chunk)
+    return b"".join(chunks)

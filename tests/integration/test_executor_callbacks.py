@@ -30,6 +30,7 @@ from kairos.core import messaging
 from kairos.core.natsserver import EmbeddedNatsServer
 from kairos.devtools.processes import ServiceProcesses
 from kairos.devtools.suite import running_suite, traces_of
+from kairos.executor.runners import MAX_ANSWER_BYTES
 from kairos.v1 import fire_pb2, run_pb2, run_service_pb2, trigger_pb2, trigger_service_pb2
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -88,6 +89,10 @@ def peer_app(peer: Peer) -> Starlette:
             return Response(status_code=503)
         return JSONResponse({"ok": True})
 
+    async def oversized_agent(request: Request) -> Response:
+        await verified(request)
+        return Response(b'{"pad": "%s"}' % (b"x" * 2 * MAX_ANSWER_BYTES), media_type="application/json")
+
     async def refusing_agent(request: Request) -> Response:
         await verified(request)
         return JSONResponse({"error": "bad_input"}, status_code=422)
@@ -113,6 +118,7 @@ def peer_app(peer: Peer) -> Starlette:
             Route("/held-notify", held_notify, methods=["POST"]),
             Route("/flaky-agent", flaky_agent, methods=["POST"]),
             Route("/refusing-agent", refusing_agent, methods=["POST"]),
+            Route("/oversized-agent", oversized_agent, methods=["POST"]),
         ]
     )
 
@@ -201,6 +207,14 @@ async def test_http_agent_5xx_is_retried_and_4xx_fails_at_once_into_the_dead_let
         messaging.DEAD_LETTERS_STREAM, messaging.dead_letter_subject(WORKSPACE, "refused-http")
     )
     assert dead.headers["Kairos-Attempts"] == "1"
+
+
+async def test_an_http_agent_answering_over_the_limit_fails_the_run(executor: Executor, peer: Peer) -> None:
+    """The agent's URL is the workspace's to choose; its answer must not take the memory all runs share."""
+    oversized = await executor.fire("oversized-http", "", http_url=f"{peer.url}/oversized-agent")
+    failed = await executor.ended(oversized)
+    assert (failed.type, failed.attempt) == ("run.failed", 1)
+    assert f"agent answered with more than {MAX_ANSWER_BYTES} bytes" in failed.error_message
 
 
 async def test_workspace_concurrency_limit_holds_a_run_until_another_ends(executor: Executor) -> None:
