@@ -21,7 +21,7 @@ import uvicorn
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from test_executor_policies import TEST_AGENTS, TIMEOUT_S, WORKSPACE, Executor, connect_executor, fast_retry
 
@@ -33,6 +33,7 @@ from kairos.devtools.suite import running_suite, traces_of
 from kairos.executor.runners import MAX_ANSWER_BYTES
 from kairos.v1 import fire_pb2, run_pb2, run_service_pb2, trigger_pb2, trigger_service_pb2
 
+ENDLESS_CAP = 64 << 20
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 Status = run_pb2.RunStatus
 NOOP = "kairos.testing_agents:noop"
@@ -51,6 +52,8 @@ class Peer:
     failures_left: int = 1
     agent_failures_left: int = 1
     flaky_calls: list[dict] = field(default_factory=list)
+    endless_calls: list[str] = field(default_factory=list)  # event types, in the order they arrived
+    endless_sent: list[int] = field(default_factory=list)  # bytes of each answer sent before the caller hung up
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait(self, predicate) -> None:
@@ -89,6 +92,22 @@ def peer_app(peer: Peer) -> Starlette:
             return Response(status_code=503)
         return JSONResponse({"ok": True})
 
+    async def endless_notify(request: Request) -> Response:
+        """Answers 200 with a body that goes on until the caller hangs up (or, so that a caller reading it all
+        fails the test rather than the machine, ENDLESS_CAP bytes)."""
+        peer.endless_calls.append((await verified(request))["type"])
+
+        async def without_end():
+            sent = 0
+            while sent < ENDLESS_CAP and not await request.is_disconnected():
+                yield b"x" * 65536
+                sent += 65536
+                await asyncio.sleep(0)  # the peer shares the test's event loop
+            peer.endless_sent.append(sent)
+            peer.changed.set()
+
+        return StreamingResponse(without_end(), status_code=200)
+
     async def oversized_agent(request: Request) -> Response:
         await verified(request)
         return Response(b'{"pad": "%s"}' % (b"x" * 2 * MAX_ANSWER_BYTES), media_type="application/json")
@@ -119,6 +138,7 @@ def peer_app(peer: Peer) -> Starlette:
             Route("/flaky-agent", flaky_agent, methods=["POST"]),
             Route("/refusing-agent", refusing_agent, methods=["POST"]),
             Route("/oversized-agent", oversized_agent, methods=["POST"]),
+            Route("/endless-notify", endless_notify, methods=["POST"]),
         ]
     )
 
@@ -215,6 +235,18 @@ async def test_an_http_agent_answering_over_the_limit_fails_the_run(executor: Ex
     failed = await executor.ended(oversized)
     assert (failed.type, failed.attempt) == ("run.failed", 1)
     assert f"agent answered with more than {MAX_ANSWER_BYTES} bytes" in failed.error_message
+
+
+async def test_a_callback_is_done_once_answered_however_long_the_answers_body(executor: Executor, peer: Peer) -> None:
+    """The receiver's URL is the workspace's to choose: a body without end must neither hold the URL's later
+    callbacks (they go in order, one at a time) nor fill the executor's memory. Only the status is read."""
+    policies = trigger_pb2.Policies(notify_url=f"{peer.url}/endless-notify")
+    fire_id = await executor.fire("endless-notify", "kairos.testing_agents:noop", policies=policies)
+    assert (await executor.ended(fire_id)).type == "run.completed"
+    await peer.wait(lambda: len(peer.endless_sent) == 3)
+    assert sorted(peer.endless_calls) == ["run.completed", "run.started", "trigger.fired"]
+    # what the executor left unread stayed in the sockets' buffers: far less than the whole answer
+    assert max(peer.endless_sent) < ENDLESS_CAP // 2, peer.endless_sent
 
 
 async def test_workspace_concurrency_limit_holds_a_run_until_another_ends(executor: Executor) -> None:
