@@ -25,8 +25,7 @@ from kairos.client import KairosClient, error_details, schedule_trigger, webhook
 from kairos.client.builders import event_trigger
 from kairos.core.config import DEFAULT_DATA_DIR, ConfigError, ServiceConfig, default_database_url
 from kairos.core.log import configure_logging
-from kairos.core.messaging import MessagingError, nats_servers
-from kairos.core.natswire import redacted
+from kairos.core.messaging import MessagingError, redacted_servers
 from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
 from kairos.v1 import (
     run_pb2,
@@ -175,7 +174,7 @@ async def _dev(args: argparse.Namespace) -> None:
                 "\nKairos is running (Ctrl-C stops it).\n"
                 f"  gRPC       {endpoints['grpc']}   (grpcurl -plaintext {endpoints['grpc']} list)\n"
                 f"  webhooks   {endpoints['webhooks']}<webhook id>\n"
-                f"  NATS       {', '.join(redacted(server) for server in nats_servers(config.nats_url))}\n"
+                f"  NATS       {redacted_servers(config.nats_url)}\n"
                 f"  data       {data_dir.resolve()}\n"
                 f"  workspace  workspaces/{DEV_WORKSPACE}\n"
                 "\nA development API key for this session (shown once, stored only as a hash):\n"

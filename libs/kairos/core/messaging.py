@@ -163,6 +163,11 @@ def nats_servers(url: str) -> list[str]:
     return servers
 
 
+def redacted_servers(url: str) -> str:
+    """The servers of a NATS URL setting without their credentials, for logs and messages."""
+    return ", ".join(redacted(server) for server in nats_servers(url))
+
+
 async def connect(
     url: str,
     name: str,
@@ -180,7 +185,7 @@ async def connect(
     (e.g. `error_cb`, `disconnected_cb`, `reconnected_cb`, `reconnect_time_wait`).
     """
     servers = nats_servers(url)
-    where = ", ".join(redacted(server) for server in servers)
+    where = redacted_servers(url)
     bound = log.bind(nats_url=where, client_name=name)
 
     async def error_cb(e: Exception) -> None:
