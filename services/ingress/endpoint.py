@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 EVENT_TYPE_KEYS = ("type", "event_type", "event", "action")
+# A sender's key up to this long is the event id as it is; a longer one gets a longer id (see event_id_of).
 MAX_SENDER_KEY_CHARS = 200
 RETRY_AFTER_S = b"5"
 # A sender waits at most PUBLISH_TIMEOUT_S * PUBLISH_ATTEMPTS for its answer when JetStream is slow to ack.
@@ -120,6 +121,29 @@ def token_matches(record: feed_pb2.WebhookRecord, presented: str, now_seconds: f
             continue
         valid |= secrets.matches(presented, credential.digest)
     return valid
+
+
+def sender_key_of(headers: dict[bytes, bytes]) -> str:
+    """The sender's key of a delivery: `webhook-id`, else `Idempotency-Key` ("" for neither), read as UTF-8, or as
+    Latin-1 where it is not UTF-8 (a header may hold any bytes), so a UTF-8 key comes back as it was sent."""
+    raw = headers.get(b"webhook-id") or headers.get(b"idempotency-key")
+    if not raw:
+        return ""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def event_id_of(sender_key: str) -> str:
+    """The event id of a keyed delivery: the key itself, or for a key over MAX_SENDER_KEY_CHARS its start, `~` and
+    a digest of the whole key: one character longer than any key kept as it is, so no two keys share an id (the
+    key was once cut at MAX_SENDER_KEY_CHARS, and a delivery whose key differed only past it was answered as a
+    repeat and never fired), and short enough for the run history's fire id."""
+    if len(sender_key) <= MAX_SENDER_KEY_CHARS:
+        return sender_key
+    digest = hashlib.sha256(sender_key.encode()).hexdigest()[:40]
+    return f"{sender_key[: MAX_SENDER_KEY_CHARS - len(digest)]}~{digest}"
 
 
 def delivery_token(webhook_id: str, sender_key: str) -> str:
@@ -405,9 +429,8 @@ class WebhookEndpoint:
         if not self._publisher.is_connected:
             raise unavailable()
 
-        sender_key = (headers.get(b"webhook-id") or headers.get(b"idempotency-key") or b"")[:MAX_SENDER_KEY_CHARS]
-        sender_key = sender_key.decode("latin-1")
-        event_id = sender_key or new_id("evt")
+        sender_key = sender_key_of(headers)
+        event_id = event_id_of(sender_key) if sender_key else new_id("evt")
         fire_id, fire = view.fire(event_id, event_type, raw, body)
         if sender_key:
             subject, options = f"{view.subject}.{delivery_token(webhook_id, sender_key)}", KEYED_DELIVERY

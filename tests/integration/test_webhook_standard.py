@@ -287,6 +287,28 @@ async def test_repeated_deliveries_are_stored_once(ingress: Ingress) -> None:
     assert await ingress.metric("kairos_ingress_deduplicated_total") == 3
 
 
+async def test_long_and_non_ascii_sender_keys_are_kept_whole(ingress: Ingress) -> None:
+    """Two keys that differ only past the length an event id keeps are two deliveries (the key was once cut there,
+    and the second delivery was answered as a repeat and never fired); a UTF-8 key comes back as sent."""
+    trigger = await ingress.add_trigger("keys")
+    webhook_id, secret = await ingress.add_webhook(trigger, Mode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER)
+    url = f"{ingress.base}/hooks/{webhook_id}"
+
+    async def deliver(key: bytes) -> str:
+        response = await ingress.http.post(url, json={}, headers={"X-Trigger-Secret": secret, "Idempotency-Key": key})
+        assert response.status_code == 202, response.text
+        return response.json()["event_id"]
+
+    shared = b"order/" + b"k" * endpoint.MAX_SENDER_KEY_CHARS
+    first, second = await deliver(shared + b"/1"), await deliver(shared + b"/2")
+    assert first != second
+    assert len(first) == len(second) == endpoint.MAX_SENDER_KEY_CHARS + 1
+    assert await deliver(shared + b"/1") == first
+    assert await deliver("clé-ü".encode()) == "clé-ü"
+    info = await ingress.runtime.js.stream_info(messaging.FIRES_STREAM, subjects_filter="kairos.fire.keys.>")
+    assert info.state.messages == 3
+
+
 @pytest.mark.parametrize("ingress", [64 * 1024], indirect=True)
 async def test_a_fire_over_the_nats_max_payload_is_a_413_not_a_503(ingress: Ingress) -> None:
     """A body under the ingress's limit whose fire NATS cannot carry is refused for good (a 503 would make the
