@@ -1,9 +1,11 @@
-"""The `kairos` command: run the suite (`dev`, `serve`) and manage triggers, webhooks and runs from a shell."""
+"""The `kairos` command: run the suite (`dev`, `serve`) and manage triggers, webhooks, runs and platform events from
+a shell."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib
 import json
@@ -21,13 +23,22 @@ import grpc
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 
-from kairos.client import KairosClient, error_details, schedule_trigger, webhook_trigger
-from kairos.client.builders import event_trigger
+from kairos.client import (
+    KairosClient,
+    equals,
+    error_details,
+    event_trigger,
+    exists,
+    one_of,
+    schedule_trigger,
+    webhook_trigger,
+)
 from kairos.core.config import DEFAULT_DATA_DIR, ConfigError, ServiceConfig, default_database_url
 from kairos.core.log import configure_logging
 from kairos.core.messaging import MessagingError, redacted_servers
 from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
 from kairos.v1 import (
+    event_service_pb2,
     run_pb2,
     run_service_pb2,
     trigger_pb2,
@@ -47,7 +58,7 @@ WEBHOOK_AUTH = {
     "shared-secret": webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER,
 }
 
-__all__ = ["SERVICE_MODULES", "main"]
+__all__ = ["SERVICE_MODULES", "build_parser", "main", "trigger_from_args"]
 
 
 def _print(message: Message) -> None:
@@ -79,6 +90,34 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
+
+
+def _filter_value(text: str):
+    """A value of an event filter: JSON where it parses (42, true, "42"), else the text itself (sales)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _path_and_value(text: str) -> tuple[str, str]:
+    path, equal_sign, value = text.partition("=")
+    if not equal_sign or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not PATH=VALUE")
+    return path, value
+
+
+def _equals_condition(text: str) -> trigger_pb2.FieldCondition:
+    path, value = _path_and_value(text)
+    return equals(path, _filter_value(value))
+
+
+def _one_of_condition(text: str) -> trigger_pb2.FieldCondition:
+    path, values = _path_and_value(text)
+    listed = _filter_value(values) if values.startswith("[") else [_filter_value(v) for v in values.split(",")]
+    if not isinstance(listed, list):
+        raise argparse.ArgumentTypeError(f"{values!r} is neither a JSON list nor values separated by commas")
+    return one_of(path, listed)
 
 
 def _free(port: int, host: str = "127.0.0.1") -> bool:
@@ -189,7 +228,8 @@ async def _dev(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- client commands
 
 
-def _trigger_from_args(args: argparse.Namespace) -> trigger_pb2.Trigger:
+def trigger_from_args(args: argparse.Namespace) -> trigger_pb2.Trigger:
+    """The trigger `kairos triggers create` asks for."""
     action = {
         "agent": args.agent,
         "prompt": args.prompt,
@@ -202,7 +242,7 @@ def _trigger_from_args(args: argparse.Namespace) -> trigger_pb2.Trigger:
     if args.webhook:
         trigger = webhook_trigger(display_name=args.name, **action)
     elif args.event:
-        trigger = event_trigger(args.event, display_name=args.name, **action)
+        trigger = event_trigger(args.event, conditions=args.conditions or (), display_name=args.name, **action)
     else:
         trigger = schedule_trigger(
             cron=args.cron,
@@ -226,7 +266,7 @@ async def _triggers(kairos: KairosClient, args: argparse.Namespace) -> None:
     t, ts = kairos.triggers, trigger_service_pb2
     match args.action:
         case "create":
-            request = ts.CreateTriggerRequest(trigger=_trigger_from_args(args), request_id=args.request_id)
+            request = ts.CreateTriggerRequest(trigger=trigger_from_args(args), request_id=args.request_id)
             trigger = (await t.CreateTrigger(request)).trigger
             if args.output == "name":
                 print(trigger.name)
@@ -308,7 +348,26 @@ async def _workspaces(kairos: KairosClient, args: argparse.Namespace) -> None:
             print(f"\nAPI key: {response.key}   (shown once; store it now)")
 
 
-COMMANDS = {"triggers": _triggers, "webhooks": _webhooks, "runs": _runs, "workspaces": _workspaces}
+async def _events(kairos: KairosClient, args: argparse.Namespace) -> None:
+    e, es = kairos.events, event_service_pb2
+    match args.action:
+        case "publish":
+            data = struct_pb2.Struct()
+            data.update(args.data or {})
+            request = es.PublishEventRequest(event_type=args.type, data=data, event_id=args.event_id)
+            _print(await e.PublishEvent(request))
+        case "types":
+            request = es.ListEventTypesRequest(page_size=args.page_size, page_token=args.page_token)
+            _print(await e.ListEventTypes(request))
+
+
+COMMANDS = {
+    "triggers": _triggers,
+    "webhooks": _webhooks,
+    "runs": _runs,
+    "events": _events,
+    "workspaces": _workspaces,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--at", type=_instant, help="one-shot ISO 8601 instant")
     source.add_argument("--webhook", action="store_true", help="fire from a webhook")
     source.add_argument("--event", default="", help="fire on a platform event type")
+    for flag, parse, metavar, purpose in (
+        ("--equals", _equals_condition, "PATH=VALUE", "the payload's value at PATH equals VALUE (JSON, else text)"),
+        ("--in", _one_of_condition, "PATH=VALUES", "the value at PATH is one of VALUES (JSON list or a,b,c)"),
+        ("--exists", exists, "PATH", "the payload has a value at PATH"),
+        ("--missing", functools.partial(exists, present=False), "PATH", "the payload has no value at PATH"),
+    ):
+        create.add_argument(
+            flag, type=parse, action="append", dest="conditions", metavar=metavar, help=f"with --event: {purpose}"
+        )
     create.add_argument("--timezone", default="", help="IANA zone for --cron (default UTC)")
     create.add_argument("--name", default="", help="display name")
     create.add_argument("--agent", default="agents/demo")
@@ -387,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     list_runs.add_argument("--page-size", type=int, default=20)
     runs.add_parser("get", help="show a run with its input and output").add_argument("name")
 
+    events = commands.add_parser("events", help="publish platform events and list event types")
+    event_actions = events.add_subparsers(dest="action", required=True)
+    publish = event_actions.add_parser("publish", help="publish an event: every matching event trigger fires once")
+    publish.add_argument("type", help="event type, e.g. thread.member_joined")
+    publish.add_argument("--data", type=_json_object, help="the event's payload, a JSON object")
+    publish.add_argument("--event-id", default="", help="idempotency key: a repeat fires nothing new")
+    types = event_actions.add_parser("types", help="list the event types: built-in ones and any the workspace used")
+    types.add_argument("--page-size", type=int, default=100)
+    types.add_argument("--page-token", default="")
+
     workspaces = commands.add_parser("workspaces", help="administer workspaces (KAIROS_API_KEY = admin key)")
     workspace_actions = workspaces.add_subparsers(dest="action", required=True)
     for verb, purpose in (("create", "create a workspace"), ("create-key", "create an API key for a workspace")):
@@ -397,7 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "conditions", None) and not args.event:
+        parser.error("--equals, --in, --exists and --missing filter events: use them with --event")
     try:
         if args.command == "serve":
             sys.exit(_serve(args))

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import nats
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger
@@ -157,7 +158,7 @@ async def test_readme_tour_works_verbatim(tmp_path: Path) -> None:
             "-euo",
             "pipefail",
             "-c",
-            readme_tour() + '\necho "TOUR_TRIGGER=$TRIGGER"\n',
+            readme_tour() + '\necho "TOUR_TRIGGER=$TRIGGER TOUR_EVENT_TRIGGER=$EVENT_TRIGGER"\n',
             cwd=repo,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -170,17 +171,29 @@ async def test_readme_tour_works_verbatim(tmp_path: Path) -> None:
         assert "HTTP/1.1 401" in output, output
         assert "At 09:00 AM, Monday through Friday" in output, output
         trigger = re.search(r"TOUR_TRIGGER=(\S+)", output).group(1)
+        event_trigger = re.search(r"TOUR_EVENT_TRIGGER=(\S+)", output).group(1)
+        published = [json.loads(answer) for answer in re.findall(r'^\{\n  "event_id".*?^\}', output, re.M | re.S)]
+        assert [answer.get("fire_ids", []) for answer in published] == [
+            [f"{event_trigger}@event:{published[0]['event_id']}"],
+            [],
+        ]
+        assert '"type": "thread.member_joined"' in output, output
 
+        ended: dict[str, str] = {}  # trigger -> how its first run ended
         async with asyncio.timeout(30):
             async for message in traces.messages:
                 event = run_pb2.TraceEvent.FromString(message.data)
-                if event.trigger == trigger and event.type in ("run.completed", "run.failed"):
-                    break
+                if event.trigger in (trigger, event_trigger) and event.type in ("run.completed", "run.failed"):
+                    ended.setdefault(event.trigger, event.type)
+                    if len(ended) == 2:
+                        break
         await tracer.close()
-        assert event.type == "run.completed", event
+        assert ended == {trigger: "run.completed", event_trigger: "run.completed"}
         async with KairosClient(address, key) as kairos:
             runs = (await kairos.runs.ListRuns(run_service_pb2.ListRunsRequest(parent=trigger))).runs
+            event_runs = (await kairos.runs.ListRuns(run_service_pb2.ListRunsRequest(parent=event_trigger))).runs
         assert [run.status for run in runs] == [run_pb2.RunStatus.RUN_STATUS_COMPLETED]
         assert runs[0].input["phone_to"] == "+15550100"
+        assert [json_format.MessageToDict(run.payload)["payload"]["member"] for run in event_runs] == ["ada"]
     finally:
         await interrupt(process)

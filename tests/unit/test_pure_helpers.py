@@ -8,8 +8,9 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from google.protobuf import json_format
 
+from kairos.cli import build_parser, trigger_from_args
+from kairos.client import equals, exists, one_of
 from kairos.executor.worker import envelope, run_input
 from kairos.ingress.endpoint import event_type_of, lookup_path, mapped_fields
 from kairos.ingress.events import condition_holds
@@ -21,37 +22,42 @@ TRIGGER = "workspaces/acme/triggers/t_01"
 # ---------------------------------------------------------------- ingress: event filters
 
 
-def _condition(path: str, **test) -> trigger_pb2.FieldCondition:
-    condition = trigger_pb2.FieldCondition(path=path)
-    if "equals" in test:
-        json_format.ParseDict(test["equals"], condition.equals)
-    elif "one_of" in test:
-        json_format.ParseDict(test["one_of"], getattr(condition, "in"))
-    else:
-        condition.exists = test["exists"]
-    return condition
-
-
 @pytest.mark.parametrize(
     ("condition", "holds"),
     [
-        (_condition("thread.channel", equals="sales"), True),
-        (_condition("thread.channel", equals="support"), False),
-        (_condition("thread.size", equals=3), True),
-        (_condition("thread.missing", equals=None), False),
-        (_condition("thread.channel", one_of=["support", "sales"]), True),
-        (_condition("thread.channel", one_of=["support"]), False),
-        (_condition("thread.size", one_of=[1, 3]), True),
-        (_condition("thread.missing", one_of=["sales"]), False),
-        (_condition("thread.channel", exists=True), True),
-        (_condition("thread.missing", exists=True), False),
-        (_condition("thread.missing", exists=False), True),
-        (_condition("thread.channel", exists=False), False),
-        (_condition("thread.channel.deeper", exists=True), False),
+        (equals("thread.channel", "sales"), True),
+        (equals("thread.channel", "support"), False),
+        (equals("thread.size", 3), True),
+        (equals("thread.missing", None), False),
+        (one_of("thread.channel", ["support", "sales"]), True),
+        (one_of("thread.channel", ["support"]), False),
+        (one_of("thread.size", [1, 3]), True),
+        (one_of("thread.missing", ["sales"]), False),
+        (exists("thread.channel"), True),
+        (exists("thread.missing"), False),
+        (exists("thread.missing", present=False), True),
+        (exists("thread.channel", present=False), False),
+        (exists("thread.channel.deeper"), False),
     ],
 )
 def test_event_filter_conditions(condition: trigger_pb2.FieldCondition, holds: bool) -> None:
     assert condition_holds(condition, {"thread": {"channel": "sales", "size": 3}}) is holds
+
+
+def test_cli_event_filter_options_build_the_conditions_in_order() -> None:
+    command = (
+        "triggers create --event thread.member_joined --equals thread.channel=sales --in member.role=owner,admin "
+        '--in thread.size=[1,"2"] --equals thread.size=3 --exists member.name --missing member.bot'
+    )
+    args = build_parser().parse_args(command.split())
+    assert list(trigger_from_args(args).source.event.filter) == [
+        equals("thread.channel", "sales"),
+        one_of("member.role", ["owner", "admin"]),
+        one_of("thread.size", [1, "2"]),
+        equals("thread.size", 3),
+        exists("member.name"),
+        exists("member.bot", present=False),
+    ]
 
 
 # ---------------------------------------------------------------- ingress: event type

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from kairos.v1 import trigger_pb2
 
@@ -72,9 +73,36 @@ def webhook_trigger(*, display_name: str = "", **action_fields: Any) -> trigger_
     )
 
 
-def event_trigger(event_type: str, *, display_name: str = "", **action_fields: Any) -> trigger_pb2.Trigger:
+def event_trigger(
+    event_type: str,
+    *,
+    conditions: Sequence[trigger_pb2.FieldCondition] = (),
+    display_name: str = "",
+    **action_fields: Any,
+) -> trigger_pb2.Trigger:
+    """A trigger that fires on `event_type` events whose payload meets every one of `conditions` (see `equals`,
+    `one_of`, `exists`)."""
     return trigger_pb2.Trigger(
         display_name=display_name,
-        source=trigger_pb2.TriggerSource(event=trigger_pb2.EventSource(event_type=event_type)),
+        source=trigger_pb2.TriggerSource(event=trigger_pb2.EventSource(event_type=event_type, filter=conditions)),
         action=action(**action_fields),
     )
+
+
+def equals(path: str, value: Any) -> trigger_pb2.FieldCondition:
+    """The event payload's value at dot-notation `path` equals `value` (any JSON value)."""
+    condition = trigger_pb2.FieldCondition(path=path)
+    json_format.ParseDict(value, condition.equals)
+    return condition
+
+
+def one_of(path: str, values: Sequence[Any]) -> trigger_pb2.FieldCondition:
+    """The event payload's value at dot-notation `path` is one of `values`."""
+    condition = trigger_pb2.FieldCondition(path=path)
+    getattr(condition, "in").extend(values)  # `in` is a Python keyword
+    return condition
+
+
+def exists(path: str, present: bool = True) -> trigger_pb2.FieldCondition:
+    """The event payload has a value at dot-notation `path` (or, with `present=False`, has none)."""
+    return trigger_pb2.FieldCondition(path=path, exists=present)
