@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 # A request line and its headers together: far above what webhook senders send (a few KiB), far below memory trouble.
 MAX_HEAD_BYTES = 64 * 1024
+# httptools refuses a longer request target outright (a parse error, not a head over MAX_HEAD_BYTES).
+MAX_URL_BYTES = 65535
 # The server's own answers to a request that has not arrived whole: (status, reason phrase, JSON body).
 HEAD_TOO_LARGE = (
     431,
@@ -76,8 +78,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.refuse(HEAD_TOO_LARGE)
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to bytes httptools cannot parse, as JSON like every other answer (its own is text)."""
-        self.refuse(NOT_HTTP)
+        """uvicorn's answer to bytes httptools cannot parse, as JSON like every other answer (its own is text); a
+        request target too long to parse is a head over the limit (431), not bytes that are not HTTP."""
+        self.refuse(HEAD_TOO_LARGE if len(self.url) > MAX_URL_BYTES else NOT_HTTP)
 
     def waiting_on_client(self) -> bool:
         """Whether the connection waits for its client to send (the rest of) a request: it neither idles between

@@ -1,9 +1,9 @@
 """The ingress's HTTP server (`start_http`, the real uvicorn set-up on a real socket) against clients too slow to
 send a request (Slowloris): each gets 408 and its connection is closed once the request timeout has passed, while
 a request the app is still working on is left alone and other clients are served throughout. A request head over
-the limit gets 431 (a large body does not count towards it), and bytes that are not HTTP a JSON 400. On stop, a
-client still sending its request is answered 503 at once instead of being waited for. Should the slow-client check
-fail, the server serves on.
+the limit gets 431 (a large body does not count towards it; a request target too long to parse does), and bytes
+that are not HTTP a JSON 400. On stop, a client still sending its request is answered 503 at once instead of being
+waited for. Should the slow-client check fail, the server serves on.
 
 Every wait is bounded by asyncio.timeout; the app's slow request waits on an event the test sets, not a sleep."""
 
@@ -93,7 +93,7 @@ async def test_a_request_head_over_the_limit_gets_431_and_the_connection_is_clos
         refused: list[int] = []
         port = await start_http(stack, app, "127.0.0.1", 0, on_refused=refused.append)
         big_header = b"x-padding: %s\r\n" % (b"a" * (MAX_HEAD_BYTES // 2))
-        fits, one_huge, many = [await connect(stack, port) for _ in range(3)]
+        fits, one_huge, many, long_url = [await connect(stack, port) for _ in range(4)]
         fits[1].write(HEADERS % b"/hooks/x" + big_header + b"content-length: 2\r\n\r\n{}")
         assert await status_of_response(fits[0]) == b"HTTP/1.1 202 Accepted"
         # a body many times the head limit (bounded by the app, not by that limit) is read whole, over many reads
@@ -102,11 +102,12 @@ async def test_a_request_head_over_the_limit_gets_431_and_the_connection_is_clos
         assert await status_of_response(fits[0]) == b"HTTP/1.1 202 Accepted"
         one_huge[1].write(HEADERS % b"/hooks/x" + b"x-padding: " + b"a" * (2 * MAX_HEAD_BYTES))
         many[1].write(HEADERS % b"/hooks/x" + big_header * 3)
-        for reader, _ in (one_huge, many):
+        long_url[1].write(request(b"/hooks/" + b"a" * MAX_HEAD_BYTES))  # in one write: httptools refuses it first
+        for reader, _ in (one_huge, many, long_url):
             answer = await reader.read()  # everything sent before the server closed the connection
             assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
             assert b'"error":"headers_too_large"' in answer
-        assert refused == [431, 431]
+        assert refused == [431, 431, 431]
 
 
 async def test_bytes_that_are_not_http_get_a_json_400() -> None:
