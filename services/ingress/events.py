@@ -24,9 +24,9 @@ from kairos.core import messaging
 from kairos.core.auth import workspace_for
 from kairos.core.errors import invalid_argument, unavailable
 from kairos.core.feed import KvMirror
-from kairos.core.names import new_id
+from kairos.core.names import WORKSPACE_ID, new_id
 from kairos.core.tasks import cancel_and_wait, spawn
-from kairos.ingress.endpoint import TRIGGER_ACTIVE, lookup_path
+from kairos.ingress.endpoint import TRIGGER_ACTIVE, event_id_of, lookup_path
 from kairos.v1 import event_service_pb2, event_service_pb2_grpc, fire_pb2, run_pb2, trigger_pb2
 
 log = structlog.get_logger(__name__)
@@ -44,7 +44,8 @@ MAX_EVENT_TYPE_CHARS = 200
 EVENTS_CONSUMER = "kairos-ingress-events"
 FETCH_BATCH = 64
 FETCH_WAIT_S = 1.0
-RETRY_DELAY_S = 1.0
+RETRY_DELAY_S = 1.0  # before the first redelivery of an event not fired; doubled for each later one
+MAX_RETRY_DELAY_S = 60.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -181,28 +182,40 @@ class EventConsumer:
                 await self._handle(message)
 
     async def _handle(self, message) -> None:
+        """Fires an event's triggers and acknowledges it; drops (terminates) an event that can never fire, and
+        redelivers one that failed for a reason that may pass, later each time (nothing is dropped for an outage)."""
         tokens = message.subject.split(".")
         workspace, event_type = tokens[2] if len(tokens) > 3 else "", ".".join(tokens[3:])
+        if not WORKSPACE_ID.match(workspace) or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS:
+            await self._drop(message, "the subject names no workspace id and event type")
+            return
         try:
             data = orjson.loads(message.data) if message.data else {}
         except orjson.JSONDecodeError:
-            log.warning("platform event dropped: the payload is not JSON", subject=message.subject)
-            await message.term()
-            return
-        if not workspace or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS:
-            log.warning("platform event dropped: no workspace or event type", subject=message.subject)
-            await message.term()
+            await self._drop(message, "the payload is not JSON")
             return
         headers = message.headers or {}
         event_id = headers.get(messaging.MSG_ID_HEADER) or f"seq{message.metadata.sequence.stream}"
         try:
-            await self._firer.fire(workspace, event_type, event_id[:200], data)
+            await self._firer.fire(workspace, event_type, event_id_of(event_id), data)
+        except nats.errors.MaxPayloadError:
+            await self._drop(message, "a fire of it would exceed the NATS max payload")
+            return
         except Exception as error:
-            log.warning("platform event not fired; redelivering", subject=message.subject, error=str(error))
+            delay = min(MAX_RETRY_DELAY_S, RETRY_DELAY_S * 2 ** (message.metadata.num_delivered - 1))
+            log.warning(
+                "platform event not fired; redelivering", subject=message.subject, error=str(error), delay_s=delay
+            )
             with contextlib.suppress(Exception):
-                await message.nak(delay=RETRY_DELAY_S)
+                await message.nak(delay=delay)
             return
         await message.ack()
+
+    @staticmethod
+    async def _drop(message, reason: str) -> None:
+        log.warning("platform event dropped", reason=reason, subject=message.subject)
+        with contextlib.suppress(Exception):
+            await message.term()
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
@@ -221,6 +234,9 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         data = json_format.MessageToDict(request.data)
         try:
             fire_ids = await self._firer.fire(workspace, request.event_type, event_id, data)
+        except nats.errors.MaxPayloadError:
+            too_large = "a fire of it would exceed the NATS max payload"
+            raise invalid_argument("EVENT_TOO_LARGE", "data", too_large) from None
         except Exception as error:
             raise unavailable("EVENT_NOT_ACCEPTED", f"the event could not be queued, retry: {error}") from error
         return event_service_pb2.PublishEventResponse(event_id=event_id, fire_ids=fire_ids)
