@@ -17,7 +17,7 @@ from kairos.ingress.endpoint import (
     WebhookViews,
     build_app,
 )
-from kairos.ingress.events import EventConsumer, EventFirer, EventServicer, EventTypeCatalog
+from kairos.ingress.events import EventConsumer, EventFirer, EventServicer, EventTriggers, EventTypeCatalog
 from kairos.ingress.httpserver import start_http
 from kairos.ingress.limits import RateLimiter
 from kairos.ingress.metrics import IngressMetrics
@@ -33,16 +33,22 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     trigger_index = TriggerIndex()
     views = WebhookViews(limiter)
 
+    event_triggers = EventTriggers()
+
     def webhook_changed(key: str, _value) -> None:
         signing_keys.forget(key)
         limiter.forget(key)
         views.forget(key)
 
+    def trigger_changed(key: str, value) -> None:
+        trigger_index.on_change(key, value)
+        event_triggers.on_change(key, value)
+
     webhooks: KvMirror[feed_pb2.WebhookRecord] = KvMirror(
         runtime.buckets.webhooks, feed_pb2.WebhookRecord, on_change=webhook_changed
     )
     triggers: KvMirror[trigger_pb2.Trigger] = KvMirror(
-        runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_index.on_change
+        runtime.buckets.triggers, trigger_pb2.Trigger, on_change=trigger_changed
     )
     catalog = EventTypeCatalog(
         await messaging.ensure_key_value(runtime.js, messaging.EVENT_TYPES_BUCKET, replicas=config.nats_replicas)
@@ -76,7 +82,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     base = config.public_url or f"http://{config.http_host}:{port}"
     runtime.endpoints["webhooks"] = f"{base}/hooks/"
 
-    firer = EventFirer(runtime.js, triggers, catalog)
+    firer = EventFirer(runtime.js, event_triggers, catalog)
     consumer = EventConsumer(runtime.js, firer)
     await consumer.start()
     stack.push_async_callback(consumer.stop)

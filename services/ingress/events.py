@@ -104,19 +104,47 @@ class EventTypeCatalog:
         return set(self._used.get(workspace, ()))
 
 
+class EventTriggers:
+    """The event triggers of the trigger mirror by workspace and event type, kept by the mirror's change callback
+    (`on_change`, keys `<workspace>.<trigger id>`): an event looks only at the triggers of its type in its
+    workspace. It once looked at every trigger of every workspace, ~54 ms of the ingress's event loop per event
+    with 100,000 triggers, during which no webhook was answered."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[tuple[str, str], dict[str, trigger_pb2.Trigger]] = {}
+        self._type_of: dict[str, tuple[str, str]] = {}  # mirror key -> (workspace, event type)
+
+    def on_change(self, key: str, value: trigger_pb2.Trigger | None) -> None:
+        indexed = self._type_of.pop(key, None)
+        if indexed is not None:
+            triggers = self._by_type[indexed]
+            del triggers[key]
+            if not triggers:
+                del self._by_type[indexed]
+        if value is not None and value.source.HasField("event"):
+            indexed = (key.partition(".")[0], value.source.event.event_type)
+            self._by_type.setdefault(indexed, {})[key] = value
+            self._type_of[key] = indexed
+
+    def of(self, workspace: str, event_type: str) -> list[trigger_pb2.Trigger]:
+        return list(self._by_type.get((workspace, event_type), {}).values())
+
+    def types_of(self, workspace: str) -> set[str]:
+        """The event types the workspace's event triggers wait for."""
+        return {event_type for indexed_workspace, event_type in self._by_type if indexed_workspace == workspace}
+
+
 class EventFirer:
     """Fires the matching triggers of one event; raises when JetStream does not take a fire."""
 
-    def __init__(
-        self, js: JetStreamContext, triggers: KvMirror[trigger_pb2.Trigger], catalog: EventTypeCatalog
-    ) -> None:
+    def __init__(self, js: JetStreamContext, triggers: EventTriggers, catalog: EventTypeCatalog) -> None:
         self._js = js
         self.triggers = triggers
         self.catalog = catalog
 
     async def fire(self, workspace: str, event_type: str, event_id: str, data: Any) -> list[str]:
         fire_ids = []
-        for trigger in self.triggers.values():
+        for trigger in self.triggers.of(workspace, event_type):
             if not matches(trigger, workspace, event_type, data):
                 continue
             fire = fire_pb2.FireRequest(
@@ -249,9 +277,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         catalog = {event_type: (description, True) for event_type, description in BUILTIN_EVENT_TYPES.items()}
         for event_type in self._firer.catalog.used_by(workspace):
             catalog.setdefault(event_type, ("", False))
-        for trigger in self._firer.triggers.values():
-            if trigger.source.HasField("event") and trigger.name.startswith(f"workspaces/{workspace}/"):
-                catalog.setdefault(trigger.source.event.event_type, ("", False))
+        for event_type in self._firer.triggers.types_of(workspace):
+            catalog.setdefault(event_type, ("", False))
         ordered = [event_type for event_type in sorted(catalog) if event_type > request.page_token]
         page = ordered[:size]
         types = [

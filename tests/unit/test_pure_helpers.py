@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from kairos.cli import build_parser, trigger_from_args
-from kairos.client import equals, exists, one_of
+from kairos.client import equals, event_trigger, exists, one_of, webhook_trigger
 from kairos.executor.worker import envelope, run_input
 from kairos.ingress.endpoint import event_type_of, lookup_path, mapped_fields
-from kairos.ingress.events import condition_holds
+from kairos.ingress.events import EventTriggers, condition_holds
 from kairos.scheduler.engine import DEFAULT_CATCHUP_MAX_FIRES, catchup_fires, fire_id
 from kairos.v1 import fire_pb2, run_pb2, trigger_pb2
 
@@ -42,6 +42,29 @@ TRIGGER = "workspaces/acme/triggers/t_01"
 )
 def test_event_filter_conditions(condition: trigger_pb2.FieldCondition, holds: bool) -> None:
     assert condition_holds(condition, {"thread": {"channel": "sales", "size": 3}}) is holds
+
+
+def test_event_triggers_index_follows_the_mirror() -> None:
+    index = EventTriggers()
+
+    def trigger(key: str, event_type: str = "") -> trigger_pb2.Trigger:
+        workspace, trigger_id = key.split(".")
+        built = event_trigger(event_type) if event_type else webhook_trigger()
+        built.name = f"workspaces/{workspace}/triggers/{trigger_id}"
+        return built
+
+    joined, created, hook = trigger("a.t1", "thread.joined"), trigger("a.t2", "thread.created"), trigger("a.t3")
+    for key, value in (("a.t1", joined), ("a.t2", created), ("a.t3", hook), ("b.t4", trigger("b.t4", "thread.joined"))):
+        index.on_change(key, value)
+    assert index.of("a", "thread.joined") == [joined]
+    assert index.types_of("a") == {"thread.joined", "thread.created"}
+    moved = trigger("a.t2", "thread.joined")  # an update that changes the event type moves the trigger
+    index.on_change("a.t2", moved)
+    assert index.of("a", "thread.joined") == [joined, moved] and index.of("a", "thread.created") == []
+    index.on_change("a.t1", None)
+    index.on_change("a.t2", trigger("a.t2"))  # no longer an event trigger
+    assert index.of("a", "thread.joined") == [] and index.types_of("a") == set()
+    assert [t.name for t in index.of("b", "thread.joined")] == ["workspaces/b/triggers/t4"]
 
 
 def test_cli_event_filter_options_build_the_conditions_in_order() -> None:
