@@ -56,6 +56,7 @@ UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 WEBHOOK_AUTH = {
     "bearer": webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_BEARER_TOKEN,
     "shared-secret": webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_SHARED_SECRET_HEADER,
+    "standard-webhooks": webhook_pb2.WebhookAuthMode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS,
 }
 
 __all__ = ["SERVICE_MODULES", "build_parser", "main", "trigger_from_args"]

@@ -169,6 +169,7 @@ async def test_readme_tour_works_verbatim(tmp_path: Path) -> None:
             assert await shell.wait() == 0, output
         assert "HTTP/1.1 202" in output and '"status":"accepted"' in output, output
         assert "HTTP/1.1 401" in output, output
+        assert '{"event_id":"msg_1","status":"accepted"}' in output, output  # signed with the reference library
         assert "At 09:00 AM, Monday through Friday" in output, output
         trigger = re.search(r"TOUR_TRIGGER=(\S+)", output).group(1)
         event_trigger = re.search(r"TOUR_EVENT_TRIGGER=(\S+)", output).group(1)
