@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 
 from kairos.client import (
@@ -301,17 +301,27 @@ async def _webhooks(kairos: KairosClient, args: argparse.Namespace) -> None:
     w, ws = kairos.webhooks, webhook_service_pb2
     match args.action:
         case "create":
-            webhook = webhook_pb2.Webhook(trigger=args.trigger, auth_mode=WEBHOOK_AUTH[args.auth])
+            webhook = webhook_pb2.Webhook(
+                trigger=args.trigger, auth_mode=WEBHOOK_AUTH[args.auth], accepted_event_types=args.accept or ()
+            )
             for mapping in args.map or ():
                 path, _, field = mapping.partition("=")
                 webhook.field_mapping[path] = field
+            if args.rate is not None or args.burst is not None:
+                webhook.rate_limit.requests_per_second = args.rate or 0
+                webhook.rate_limit.burst = args.burst or 0
             response = await w.CreateWebhook(ws.CreateWebhookRequest(webhook=webhook))
-            url = _webhooks_base(Path(args.data_dir)) + response.webhook.path.removeprefix("/hooks/")
-            if args.output == "env":
-                print(f"WEBHOOK_NAME={response.webhook.name}\nWEBHOOK_URL={url}\nWEBHOOK_SECRET={response.secret}")
-                return
-            _print(response.webhook)
-            print(f"\nURL:    {url}\nSecret: {response.secret}   (shown once; store it now)")
+            _print_secret(response.webhook, response.secret, args)
+        case "rotate-secret":
+            grace = duration_pb2.Duration()
+            grace.FromTimedelta(args.grace)
+            request = ws.RotateWebhookSecretRequest(name=args.name, grace_period=grace)
+            response = await w.RotateWebhookSecret(request)
+            _print_secret(response.webhook, response.secret, args)
+        case "enable" | "disable":
+            patch = webhook_pb2.Webhook(name=args.name, disabled=args.action == "disable")
+            mask = field_mask_pb2.FieldMask(paths=["disabled"])
+            _print((await w.UpdateWebhook(ws.UpdateWebhookRequest(webhook=patch, update_mask=mask))).webhook)
         case "list":
             _print(await w.ListWebhooks(ws.ListWebhooksRequest(trigger=args.trigger)))
         case "get":
@@ -319,6 +329,16 @@ async def _webhooks(kairos: KairosClient, args: argparse.Namespace) -> None:
         case "delete":
             await w.DeleteWebhook(ws.DeleteWebhookRequest(name=args.name))
             print(f"deleted {args.name}")
+
+
+def _print_secret(webhook: webhook_pb2.Webhook, secret: str, args: argparse.Namespace) -> None:
+    """A webhook and its new secret (shown this once), as JSON and text or as shell variables for eval."""
+    url = _webhooks_base(Path(args.data_dir)) + webhook.path.removeprefix("/hooks/")
+    if args.output == "env":
+        print(f"WEBHOOK_NAME={webhook.name}\nWEBHOOK_URL={url}\nWEBHOOK_SECRET={secret}")
+        return
+    _print(webhook)
+    print(f"\nURL:    {url}\nSecret: {secret}   (shown once; store it now)")
 
 
 async def _runs(kairos: KairosClient, args: argparse.Namespace) -> None:
@@ -434,14 +454,30 @@ def build_parser() -> argparse.ArgumentParser:
     create_webhook.add_argument("--auth", choices=sorted(WEBHOOK_AUTH), default="bearer")
     create_webhook.add_argument("--map", action="append", help="field mapping PATH=FIELD, e.g. contact.phone=phone_to")
     create_webhook.add_argument(
-        "--output", choices=["json", "env"], default="json", help="env: WEBHOOK_NAME/URL/SECRET lines for eval"
+        "--accept", action="append", metavar="TYPE", help="accept only this event type (repeat for more; 422 otherwise)"
     )
+    create_webhook.add_argument("--rate", type=float, help="requests per second allowed (429 past it)")
+    create_webhook.add_argument("--burst", type=int, help="requests allowed at once before --rate applies")
+    rotate = webhooks.add_parser("rotate-secret", help="issue a new secret; the old ones stay valid for --grace")
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--grace",
+        type=_duration,
+        default=timedelta(0),
+        help="keep the old secrets valid this long, e.g. 1d (default: revoke them now)",
+    )
+    for secret_command in (create_webhook, rotate):
+        secret_command.add_argument(
+            "--output", choices=["json", "env"], default="json", help="env: WEBHOOK_NAME/URL/SECRET lines for eval"
+        )
     webhooks.add_parser("list", help="list the workspace's webhooks").add_argument(
         "--trigger", default="", help="only this trigger's webhooks"
     )
     for verb, purpose in (
         ("get", "show a webhook (its secrets' hints, never their values)"),
         ("delete", "delete a webhook"),
+        ("disable", "answer the webhook's senders 403 until it is enabled"),
+        ("enable", "accept a disabled webhook's requests again"),
     ):
         webhooks.add_parser(verb, help=purpose).add_argument("name")
 
