@@ -5,14 +5,17 @@ workspace used. Against the whole suite in-process (real NATS, SQLite and Postgr
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import grpc
 import orjson
+import pytest
 from google.protobuf import json_format, struct_pb2
 
-from kairos.client import event_trigger
+from kairos.client import error_details, event_trigger
 from kairos.core import messaging
-from kairos.core.natsserver import MAX_PAYLOAD_BYTES
-from kairos.devtools.suite import traces_of
+from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.devtools.suite import running_suite, traces_of
 from kairos.ingress.events import EVENTS_CONSUMER, EventTypeCatalog
 from kairos.v1 import (
     event_service_pb2,
@@ -114,27 +117,41 @@ async def test_nats_events_fire_matching_triggers_once(suite) -> None:
         assert len(first.event_types) == 3 and not rest.next_page_token
 
 
-async def test_events_that_can_never_fire_are_dropped_not_redelivered(suite) -> None:
+async def test_events_that_can_never_fire_are_dropped_not_redelivered(tmp_path: Path) -> None:
     """An event whose subject names no workspace id, whose payload is not JSON, or whose fire NATS could not carry
     is dropped with a warning. Such an event once went back to the consumer every second, for ever (the first
-    because its workspace token made no valid KV key for the event-type catalog)."""
-    key = await suite.new_workspace("poison")
-    created = "thread.created"
-    async with suite.client(key) as kairos, traces_of(suite, "poison") as traces:
-        trigger = await create(kairos, event_trigger(created, prompt="p"))
-        js = traces.nc.jetstream()
-        subject = messaging.event_subject("poison", created)
-        await js.publish(f"{messaging.EVENT_SUBJECT_PREFIX}.w$x.{created}", b"{}")
-        await js.publish(subject, b"not json")
-        await js.publish(subject, b'{"pad": "%s"}' % (b"x" * (MAX_PAYLOAD_BYTES - 100)))
-        last = await js.publish(subject, b"{}", headers={messaging.MSG_ID_HEADER: "ev-ok"})
-        await traces.run_ended(f"{trigger.name}@event:ev-ok")
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            while True:  # the ingress acknowledges (or drops) an event after its fires are stored: bounded poll
-                consumer = await js.consumer_info(messaging.EVENTS_STREAM, EVENTS_CONSUMER)
-                if consumer.ack_floor.stream_seq >= last.seq:
-                    break
-                await asyncio.sleep(0.05)
-        assert consumer.num_redelivered == 0 and consumer.num_ack_pending == 0
-        fired = f"{messaging.FIRE_SUBJECT_PREFIX}.poison.>"
-        assert (await js.stream_info(messaging.FIRES_STREAM, subjects_filter=fired)).state.messages == 1
+    because its workspace token made no valid KV key for the event-type catalog). Through PublishEvent, a fire
+    too large is INVALID_ARGUMENT (it was UNAVAILABLE, "retry", which could never succeed). On a nats-server with a
+    64 KiB max payload, so the events that are too large stay small."""
+    max_payload = 64 * 1024
+    async with (
+        EmbeddedNatsServer(tmp_path / "nats", max_payload=max_payload) as nats_server,
+        running_suite(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'kairos.db'}", nats_url=nats_server.url) as suite,
+    ):
+        key = await suite.new_workspace("poison")
+        created = "thread.created"
+        async with suite.client(key) as kairos, traces_of(suite, "poison") as traces:
+            trigger = await create(kairos, event_trigger(created, prompt="p"))
+            js = traces.nc.jetstream()
+            subject = messaging.event_subject("poison", created)
+            await js.publish(f"{messaging.EVENT_SUBJECT_PREFIX}.w$x.{created}", b"{}")
+            await js.publish(subject, b"not json")
+            await js.publish(subject, b'{"pad": "%s"}' % (b"x" * (max_payload - 100)))
+            last = await js.publish(subject, b"{}", headers={messaging.MSG_ID_HEADER: "ev-ok"})
+            await traces.run_ended(f"{trigger.name}@event:ev-ok")
+            async with asyncio.timeout(RUN_TIMEOUT_S):
+                while True:  # the ingress acknowledges (or drops) an event after its fires are stored: bounded poll
+                    consumer = await js.consumer_info(messaging.EVENTS_STREAM, EVENTS_CONSUMER)
+                    if consumer.ack_floor.stream_seq >= last.seq:
+                        break
+                    await asyncio.sleep(0.05)
+            assert consumer.num_redelivered == 0 and consumer.num_ack_pending == 0
+            fired = f"{messaging.FIRE_SUBJECT_PREFIX}.poison.>"
+            assert (await js.stream_info(messaging.FIRES_STREAM, subjects_filter=fired)).state.messages == 1
+
+            data = struct_pb2.Struct()
+            data.update({"pad": "x" * max_payload})
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await kairos.events.PublishEvent(event_service_pb2.PublishEventRequest(event_type=created, data=data))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_details(refused.value).reason == "EVENT_TOO_LARGE"
