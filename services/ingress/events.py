@@ -15,7 +15,7 @@ from typing import Any
 import nats.errors
 import orjson
 import structlog
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
@@ -143,28 +143,43 @@ class EventFirer:
         self.catalog = catalog
 
     async def fire(self, workspace: str, event_type: str, event_id: str, data: Any) -> list[str]:
-        fire_ids = []
-        for trigger in self.triggers.of(workspace, event_type):
-            if not matches(trigger, workspace, event_type, data):
-                continue
-            fire = fire_pb2.FireRequest(
-                fire_id=f"{trigger.name}@event:{event_id}",
-                trigger=trigger.name,
-                trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_EVENT,
-                action=trigger.action,
-                policies=trigger.policies,
-                event_type=event_type,
-                trigger_revision=trigger.revision,
-            )
-            fire.fire_time.GetCurrentTime()
-            json_format.ParseDict({"trigger": event_type, "payload": data}, fire.payload)
-            trigger_id = trigger.name.rsplit("/", 1)[1]
-            await messaging.publish_fire(
-                self._js, messaging.fire_subject(workspace, trigger_id), fire.SerializeToString(), fire.fire_id
-            )
-            fire_ids.append(fire.fire_id)
+        triggers = [t for t in self.triggers.of(workspace, event_type) if matches(t, workspace, event_type, data)]
+        fires = []
+        if triggers:
+            payload = struct_pb2.Value()
+            json_format.ParseDict({"trigger": event_type, "payload": data}, payload)
+            for trigger in triggers:
+                fire = fire_pb2.FireRequest(
+                    fire_id=f"{trigger.name}@event:{event_id}",
+                    trigger=trigger.name,
+                    trigger_type=run_pb2.TriggerType.TRIGGER_TYPE_EVENT,
+                    action=trigger.action,
+                    policies=trigger.policies,
+                    event_type=event_type,
+                    trigger_revision=trigger.revision,
+                    payload=payload,
+                )
+                fire.fire_time.GetCurrentTime()
+                fires.append(fire)
+        # Published together (one event may fire many triggers, and each ack is a round trip); a failure is raised
+        # once every publish has ended, and the redelivered event publishes them all again (same Msg-Ids: no repeat).
+        results = await asyncio.gather(
+            *(
+                messaging.publish_fire(
+                    self._js,
+                    messaging.fire_subject(workspace, fire.trigger.rsplit("/", 1)[1]),
+                    fire.SerializeToString(),
+                    fire.fire_id,
+                )
+                for fire in fires
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         await self.catalog.record(workspace, event_type)
-        return fire_ids
+        return [fire.fire_id for fire in fires]
 
 
 class EventConsumer:
