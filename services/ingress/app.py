@@ -32,7 +32,6 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     limiter = RateLimiter(config.webhook_rate_per_s, config.webhook_burst)
     trigger_index = TriggerIndex()
     views = WebhookViews(limiter)
-
     event_triggers = EventTriggers()
 
     def webhook_changed(key: str, _value) -> None:

@@ -62,13 +62,10 @@ def condition_holds(condition: trigger_pb2.FieldCondition, data: Any) -> bool:
     return value in json_format.MessageToDict(getattr(condition, "in"))
 
 
-def matches(trigger: trigger_pb2.Trigger, workspace: str, event_type: str, data: Any) -> bool:
-    return (
-        trigger.state == TRIGGER_ACTIVE
-        and trigger.source.HasField("event")
-        and trigger.source.event.event_type == event_type
-        and trigger.name.startswith(f"workspaces/{workspace}/")
-        and all(condition_holds(condition, data) for condition in trigger.source.event.filter)
+def fires_on(trigger: trigger_pb2.Trigger, data: Any) -> bool:
+    """Whether an event trigger (of the event's workspace and type: `EventTriggers.of`) fires on an event's data."""
+    return trigger.state == TRIGGER_ACTIVE and all(
+        condition_holds(condition, data) for condition in trigger.source.event.filter
     )
 
 
@@ -143,7 +140,7 @@ class EventFirer:
         self.catalog = catalog
 
     async def fire(self, workspace: str, event_type: str, event_id: str, data: Any) -> list[str]:
-        triggers = [t for t in self.triggers.of(workspace, event_type) if matches(t, workspace, event_type, data)]
+        triggers = [trigger for trigger in self.triggers.of(workspace, event_type) if fires_on(trigger, data)]
         fires = []
         if triggers:
             payload = struct_pb2.Value()
