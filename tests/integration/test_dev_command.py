@@ -129,6 +129,51 @@ async def test_dev_on_a_nats_of_the_users_own_never_prints_its_credentials(tmp_p
     assert not (data_dir / "nats").exists(), "kairos dev started a NATS of its own"
 
 
+@pytest.mark.timeout(120)
+async def test_ctrl_c_stops_dev_while_it_still_waits_for_nats(tmp_path: Path) -> None:
+    """A NATS that accepts connections and never answers keeps start-up waiting (for 10 s, then an error): Ctrl-C
+    in that time stops kairos dev at once, cleanly, instead of being ignored until start-up ends."""
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {
+        **os.environ,
+        "KAIROS_NATS_URL": f"nats://127.0.0.1:{port}",
+        "KAIROS_GRPC_PORT": "0",
+        "KAIROS_HTTP_PORT": "0",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(KAIROS),
+        "--data-dir",
+        str(tmp_path / ".kairos"),
+        "dev",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(30):
+            await connected.wait()
+        output = await interrupt(process)  # exits 0: without the stop, start-up fails after 10 s with exit code 1
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert "Kairos stopped." in output
+    assert "Kairos is running" not in output
+
+
 def readme_tour() -> str:
     """The shell block of the README's tour that runs in the second terminal."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()

@@ -221,6 +221,9 @@ async def connect(
     try:
         # With max_reconnect_attempts=-1 nats-py retries the first connect forever; bound it here.
         await asyncio.wait_for(nc.connect(**options), connect_timeout)
+    except asyncio.CancelledError:  # e.g. a stop during start-up: no reconnecting left behind
+        await nc.close()
+        raise
     except (TimeoutError, OSError, nats.errors.Error) as e:
         last_error = nc.last_error or e
         await nc.close()

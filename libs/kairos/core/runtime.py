@@ -25,6 +25,7 @@ from kairos.core.auth import Authenticator
 from kairos.core.config import ServiceConfig
 from kairos.core.feed import KvMirror
 from kairos.core.grpcserver import GrpcServer
+from kairos.core.tasks import cancel_and_wait
 from kairos.v1 import feed_pb2
 
 log = structlog.get_logger(__name__)
@@ -101,37 +102,55 @@ async def run_services(
         loop.add_signal_handler(signum, stop.set)
 
     async with AsyncExitStack() as stack:
-        nats_lost = asyncio.Event()
-        nc = await messaging.connect(
-            config.nats_url,
-            name=f"kairos-{'+'.join(services)}",
-            on_connection_change=lambda connected: nats_lost.clear() if connected else nats_lost.set(),
-        )
-        stack.push_async_callback(_drain, nc)
-        js = nc.jetstream()
-        buckets = await messaging.ensure_all_when_ready(js, config.nats_replicas)
-
-        api_keys: KvMirror[feed_pb2.ApiKeyRecord] = KvMirror(buckets.api_keys, feed_pb2.ApiKeyRecord)
-        await api_keys.start()
-        stack.push_async_callback(api_keys.stop)
-
-        async def lookup(key_id: str) -> feed_pb2.ApiKeyRecord | None:
-            return await api_keys.get(key_id)
-
-        grpc_server = GrpcServer(Authenticator(lookup, config.admin_key))
-        runtime = Runtime(config, nc, js, buckets, api_keys, grpc_server, nats_lost=nats_lost)
-        for name in services:
-            module = importlib.import_module(SERVICE_MODULES[name])
-            await module.start(stack, runtime)
-            log.info("service started", service=name)
-
-        port = await grpc_server.start(config.grpc_host, config.grpc_port)
-        stack.push_async_callback(grpc_server.stop)
-        runtime.endpoints["grpc"] = f"{config.grpc_host}:{port}"
-        log.info("serving", services=list(services), **runtime.endpoints)
-        if on_ready is not None:
-            await on_ready(runtime)
-        await stop.wait()
+        # A stop asked for during start-up (which can wait minutes for NATS and JetStream) ends it there.
+        starting = asyncio.create_task(_start(stack, services, config, on_ready), name="start-up")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+                await stopping
+            else:
+                log.warning("stopped during start-up", services=list(services))
+        finally:
+            await cancel_and_wait(starting, stopping)
         log.info("shutting down", services=list(services))
     for signum in signals:
         loop.remove_signal_handler(signum)
+
+
+async def _start(
+    stack: AsyncExitStack, services: Sequence[str], config: ServiceConfig, on_ready: ReadyCallback | None
+) -> None:
+    """Connects to NATS, starts `services` and the gRPC server (each registering its own shut-down on `stack`),
+    then calls `on_ready`."""
+    nats_lost = asyncio.Event()
+    nc = await messaging.connect(
+        config.nats_url,
+        name=f"kairos-{'+'.join(services)}",
+        on_connection_change=lambda connected: nats_lost.clear() if connected else nats_lost.set(),
+    )
+    stack.push_async_callback(_drain, nc)
+    js = nc.jetstream()
+    buckets = await messaging.ensure_all_when_ready(js, config.nats_replicas)
+
+    api_keys: KvMirror[feed_pb2.ApiKeyRecord] = KvMirror(buckets.api_keys, feed_pb2.ApiKeyRecord)
+    await api_keys.start()
+    stack.push_async_callback(api_keys.stop)
+
+    async def lookup(key_id: str) -> feed_pb2.ApiKeyRecord | None:
+        return await api_keys.get(key_id)
+
+    grpc_server = GrpcServer(Authenticator(lookup, config.admin_key))
+    runtime = Runtime(config, nc, js, buckets, api_keys, grpc_server, nats_lost=nats_lost)
+    for name in services:
+        module = importlib.import_module(SERVICE_MODULES[name])
+        await module.start(stack, runtime)
+        log.info("service started", service=name)
+
+    port = await grpc_server.start(config.grpc_host, config.grpc_port)
+    stack.push_async_callback(grpc_server.stop)
+    runtime.endpoints["grpc"] = f"{config.grpc_host}:{port}"
+    log.info("serving", services=list(services), **runtime.endpoints)
+    if on_ready is not None:
+        await on_ready(runtime)
