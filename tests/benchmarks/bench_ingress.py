@@ -59,6 +59,7 @@ FIGURES = (
     "ingress.accepted_peak_connections",
     "ingress.bare_peak_connections",
     "ingress.acked_floor_per_s",
+    "ingress.acked_floor_per_s.vs.bare",
     "ingress.accepted_per_s.vs.acked_floor",
     "ingress.rejected_per_s",
     "ingress.accepted_per_s_under_flood",
@@ -356,6 +357,7 @@ async def run(report) -> None:
     report("ingress.accepted_peak_connections", accepted_connections, "connections")
     report("ingress.bare_peak_connections", bare_connections, "connections")
     report("ingress.acked_floor_per_s", acked_rate, "req/s")
+    report("ingress.acked_floor_per_s.vs.bare", acked_rate / bare_rate, "x")
     report("ingress.accepted_per_s.vs.acked_floor", accepted_rate / acked_rate, "x")
     report("ingress.rejected_per_s", rejected_rate, "req/s")
     report("ingress.accepted_per_s_under_flood", flooded_rate, "req/s")
