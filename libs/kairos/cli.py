@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import functools
 import gc
 import importlib
@@ -14,7 +16,7 @@ import re
 import secrets
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +52,7 @@ from kairos.v1 import (
 )
 
 ENDPOINTS_FILE = "endpoints.json"
+DEV_LOCK_FILE = "dev.lock"
 DEV_WORKSPACE = "dev"
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -153,6 +156,35 @@ def _webhooks_base(data_dir: Path) -> str:
 # ---------------------------------------------------------------- running the suite
 
 
+class DevAlreadyRunningError(Exception):
+    """Another `kairos dev` runs on the same data directory."""
+
+
+@contextlib.contextmanager
+def _dev_lock(data_dir: Path) -> Iterator[None]:
+    """Holds `<data_dir>/dev.lock` for as long as this `kairos dev` runs, and removes its endpoints file when it
+    stops. A second one on the same data would start a second nats-server on the same JetStream store and a second
+    registry on the same SQLite file, and point the CLI at itself. The lock is the kernel's (flock): it goes with
+    the process, however that ends."""
+    with open(data_dir / DEV_LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            raise DevAlreadyRunningError(
+                f"kairos dev is already running on {data_dir.resolve()}{f' (pid {holder})' if holder else ''}: "
+                "stop it (Ctrl-C in its terminal), or give this one another --data-dir"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            (data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
 def _dev_secret_key(data_dir: Path) -> str:
     """The development sealing key, made once and kept beside the dev data (mode 0600)."""
     path = data_dir / "secret.key"
@@ -188,6 +220,7 @@ async def _dev(args: argparse.Namespace) -> None:
     env = dict(os.environ)
     configure_logging(env.get("KAIROS_LOG_FORMAT", "console"), env.get("KAIROS_LOG_LEVEL", "warning"))
     async with AsyncExitStack() as stack:
+        stack.enter_context(_dev_lock(data_dir))
         if not env.get("KAIROS_NATS_URL"):
             from kairos.core.natsserver import EmbeddedNatsServer
 
@@ -527,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"kairos: configuration error: {error}")
     except MessagingError as error:
         sys.exit(f"kairos: NATS: {error}")
+    except DevAlreadyRunningError as error:
+        sys.exit(f"kairos: {error}")
     except grpc.aio.AioRpcError as error:
         details = error_details(error)
         print(f"kairos: {details.code.name}: {details.message}", file=sys.stderr)

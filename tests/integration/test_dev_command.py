@@ -129,6 +129,42 @@ async def test_dev_on_a_nats_of_the_users_own_never_prints_its_credentials(tmp_p
     assert not (data_dir / "nats").exists(), "kairos dev started a NATS of its own"
 
 
+@pytest.mark.timeout(180)
+async def test_a_second_dev_on_the_same_data_refuses_to_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".kairos"
+    first, address, _, _ = await start_dev(data_dir)
+    try:
+        endpoints = (data_dir / "endpoints.json").read_text()
+        env = {k: v for k, v in os.environ.items() if k != "KAIROS_NATS_URL"}
+        second = await asyncio.create_subprocess_exec(
+            str(KAIROS),
+            "--data-dir",
+            str(data_dir),
+            "dev",
+            env={**env, "KAIROS_GRPC_PORT": "0", "KAIROS_HTTP_PORT": "0"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(60):
+                output, errors = await second.communicate()
+        finally:
+            if second.returncode is None:
+                os.killpg(second.pid, signal.SIGKILL)
+                await second.wait()
+        assert second.returncode == 1
+        assert f"kairos dev is already running on {data_dir.resolve()} (pid {first.pid})" in errors.decode()
+        assert b"Kairos is running" not in output
+        assert (data_dir / "endpoints.json").read_text() == endpoints, "the first one's addresses stay for the CLI"
+        async with KairosClient(address, "") as kairos:
+            health = await health_pb2_grpc.HealthStub(kairos._channels[address]).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await interrupt(first)
+    assert not (data_dir / "endpoints.json").exists(), "a stopped kairos dev leaves no address behind for the CLI"
+
+
 @pytest.mark.timeout(120)
 async def test_ctrl_c_stops_dev_while_it_still_waits_for_nats(tmp_path: Path) -> None:
     """A NATS that accepts connections and never answers keeps start-up waiting (for 10 s, then an error): Ctrl-C
