@@ -35,7 +35,13 @@ from kairos.client import (
     schedule_trigger,
     webhook_trigger,
 )
-from kairos.core.config import DEFAULT_DATA_DIR, ConfigError, ServiceConfig, default_database_url
+from kairos.core.config import (
+    DEFAULT_DATA_DIR,
+    ConfigError,
+    DatabaseUnavailableError,
+    ServiceConfig,
+    default_database_url,
+)
 from kairos.core.log import configure_logging
 from kairos.core.messaging import MessagingError, redacted_servers
 from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
@@ -562,6 +568,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"kairos: NATS: {error}")
     except DevAlreadyRunningError as error:
         sys.exit(f"kairos: {error}")
+    except DatabaseUnavailableError as error:
+        sys.exit(f"kairos: database: {error}")
     except grpc.aio.AioRpcError as error:
         details = error_details(error)
         print(f"kairos: {details.code.name}: {details.message}", file=sys.stderr)

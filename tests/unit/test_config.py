@@ -101,6 +101,42 @@ def test_malformed_values_raise_config_error_naming_the_variable(variable: str, 
     assert repr(value) in str(raised.value) or value in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql+asyncpg://kairos@db/kairos", "postgresql+asyncpg://kairos@db/kairos"),
+        ("postgresql://kairos:pw@db:5432/kairos", "postgresql+asyncpg://kairos:pw@db:5432/kairos"),
+        ("postgres://kairos@db/kairos?ssl=require", "postgresql+asyncpg://kairos@db/kairos?ssl=require"),
+        ("PostgreSQL+AsyncPG://kairos@db/kairos", "postgresql+asyncpg://kairos@db/kairos"),
+        ("sqlite:///data/kairos.db", "sqlite+aiosqlite:///data/kairos.db"),
+        ("sqlite+aiosqlite:////abs/kairos.db", "sqlite+aiosqlite:////abs/kairos.db"),
+    ],
+)
+def test_database_urls_get_the_async_driver_kairos_installs(given: str, used: str) -> None:
+    assert ServiceConfig.from_env({"KAIROS_DATABASE_URL": given}).database_url == used
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("kairos.db", "must be a database URL such as sqlite+aiosqlite://"),
+        ("://pw@db", "must be a database URL"),
+        ("mysql://kairos:hunter2@db/kairos", "runs on SQLite or PostgreSQL, not 'mysql'"),
+        (
+            "postgresql+psycopg://kairos:hunter2@db/kairos",
+            "use the asyncpg driver (postgresql+asyncpg://), not 'psycopg'",
+        ),
+        ("sqlite+pysqlite:///kairos.db", "use the aiosqlite driver (sqlite+aiosqlite://), not 'pysqlite'"),
+    ],
+)
+def test_unusable_database_urls_are_named_without_their_password(given: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        ServiceConfig.from_env({"KAIROS_DATABASE_URL": given})
+    assert "KAIROS_DATABASE_URL" in str(raised.value)
+    assert problem in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
 def test_out_of_range_message_states_the_bounds() -> None:
     with pytest.raises(ConfigError, match=r"KAIROS_GRPC_PORT must be at least 0 and at most 65535, got 65536"):
         ServiceConfig.from_env({"KAIROS_GRPC_PORT": "65536"})

@@ -14,6 +14,11 @@ class ConfigError(Exception):
     """A missing or malformed environment variable; the message names it."""
 
 
+class DatabaseUnavailableError(Exception):
+    """KAIROS_DATABASE_URL's database could not be reached at start-up; the message names it without its password.
+    (Here rather than in kairos.core.db, so the CLI can catch it without importing SQLAlchemy.)"""
+
+
 def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     value = env.get(name, "").strip()
     if value:
@@ -46,6 +51,34 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
 
 def default_database_url(data_dir: Path = DEFAULT_DATA_DIR) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'kairos.db'}"
+
+
+# The async driver Kairos installs for each database it runs on.
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+DATABASE_URL_EXAMPLES = "sqlite+aiosqlite:///.kairos/kairos.db or postgresql+asyncpg://user@host/kairos"
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    """KAIROS_DATABASE_URL: SQLite or PostgreSQL through the async driver Kairos installs, which a URL naming only
+    its database gets (`postgres://...`, as hosting providers hand it out). Errors never repeat the URL, which may
+    hold a password."""
+    url = env_str(env, "KAIROS_DATABASE_URL", default_database_url())
+    scheme, separator, rest = url.partition("://")
+    if not separator or not scheme:
+        raise ConfigError(f"KAIROS_DATABASE_URL must be a database URL such as {DATABASE_URL_EXAMPLES}")
+    database, _, driver = scheme.lower().partition("+")
+    database = "postgresql" if database == "postgres" else database
+    wanted = ASYNC_DRIVERS.get(database)
+    if wanted is None:
+        raise ConfigError(
+            f"KAIROS_DATABASE_URL: Kairos runs on SQLite or PostgreSQL, not {database!r} (e.g. {DATABASE_URL_EXAMPLES})"
+        )
+    if driver and driver != wanted:
+        raise ConfigError(
+            f"KAIROS_DATABASE_URL: use the {wanted} driver ({database}+{wanted}://), not {driver!r}: "
+            "Kairos reaches its database asynchronously, through the drivers it installs"
+        )
+    return f"{database}+{wanted}://{rest}"
 
 
 def _secret_key(env: Mapping[str, str]) -> str:
@@ -95,7 +128,7 @@ class ServiceConfig:
             grpc_port=env_int(env, "KAIROS_GRPC_PORT", 50051, maximum=65535),
             log_format=env_choice(env, "KAIROS_LOG_FORMAT", "json", ("json", "console")),
             log_level=env_choice(env, "KAIROS_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-            database_url=env_str(env, "KAIROS_DATABASE_URL", default_database_url()),
+            database_url=_database_url(env),
             admin_key=env.get("KAIROS_ADMIN_KEY", "").strip(),
             secret_key=_secret_key(env),
             http_host=env_str(env, "KAIROS_HTTP_HOST", "127.0.0.1"),

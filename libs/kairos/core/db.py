@@ -11,7 +11,10 @@ from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import MetaData, event
 from sqlalchemy import create_engine as create_engine_sync
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from kairos.core.config import DatabaseUnavailableError
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -58,8 +61,16 @@ def alembic_config(script_location: str, version_table: str) -> Config:
 
 
 async def migrate(engine: AsyncEngine, script_location: str, version_table: str) -> None:
-    """Upgrades the schema to head. `script_location` is a package path such as `kairos.registry:migrations`."""
+    """Upgrades the schema to head. `script_location` is a package path such as `kairos.registry:migrations`.
+    Raises DatabaseUnavailableError when no connection can be made (down, refused, wrong credentials)."""
     config = alembic_config(script_location, version_table)
+    try:
+        async with engine.connect():
+            pass
+    except (OSError, TimeoutError, DBAPIError) as error:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+        raise DatabaseUnavailableError(f"could not connect to {where}: {reason}") from error
 
     def upgrade(connection: Connection) -> None:
         config.attributes["connection"] = connection

@@ -1,0 +1,72 @@
+"""`kairos serve <service>` as an operator meets it when the database is wrong: one line naming the problem, exit
+code 1, and never the database password (before, a traceback: `No module named 'psycopg'` for a plain
+`postgresql://` URL, a bare `ConnectionRefusedError` for a database that is down)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from kairos.core.natsserver import EmbeddedNatsServer, free_port
+
+PASSWORD = "hunter2-not-logged"
+
+
+async def serve_registry(database_url: str, nats_url: str) -> tuple[int, str]:
+    """Runs `python -m kairos.registry` (`kairos serve registry`) until it exits; its exit code and stderr."""
+    env = {
+        **os.environ,
+        "KAIROS_DATABASE_URL": database_url,
+        "KAIROS_NATS_URL": nats_url,
+        "KAIROS_GRPC_PORT": "0",
+        "KAIROS_HTTP_PORT": "0",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kairos.registry",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(60):
+            _, errors = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode, errors.decode()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+asyncpg"])
+async def test_a_database_that_refuses_connections_is_one_line_without_the_password(
+    tmp_path: Path, scheme: str
+) -> None:
+    port = free_port()  # nothing listens there
+    async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
+        code, errors = await serve_registry(f"{scheme}://kairos:{PASSWORD}@127.0.0.1:{port}/kairos", nats_server.url)
+    assert code == 1, errors
+    last_line = errors.strip().splitlines()[-1]
+    assert last_line.startswith(
+        f"kairos: database: could not connect to postgresql+asyncpg://kairos:***@127.0.0.1:{port}/"
+    )
+    assert "Connection refused" in last_line
+    assert "Traceback" not in errors
+    assert PASSWORD not in errors
+
+
+@pytest.mark.timeout(120)
+async def test_an_unsupported_database_is_a_configuration_error(tmp_path: Path) -> None:
+    code, errors = await serve_registry(f"mysql://kairos:{PASSWORD}@127.0.0.1/kairos", "nats://127.0.0.1:1")
+    assert code == 1, errors
+    assert errors.strip().splitlines()[-1] == (
+        "kairos: configuration error: KAIROS_DATABASE_URL: Kairos runs on SQLite or PostgreSQL, not 'mysql' "
+        "(e.g. sqlite+aiosqlite:///.kairos/kairos.db or postgresql+asyncpg://user@host/kairos)"
+    )
+    assert PASSWORD not in errors
