@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sysconfig
 from datetime import UTC, datetime
 from itertools import count
-from pathlib import Path
 
 import httpx
 from standardwebhooks import Webhook
 
-KAIROS = Path(sysconfig.get_path("scripts")) / "kairos"
+from kairos.devtools.processes import KAIROS_COMMAND
+
 WAIT_S = 30.0
 
 
@@ -31,7 +30,7 @@ async def kairos(suite, api_key: str, *args: str) -> str:
         "KAIROS_WEBHOOKS_URL": suite.webhooks_url,
     }
     process = await asyncio.create_subprocess_exec(
-        str(KAIROS), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        str(KAIROS_COMMAND), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     async with asyncio.timeout(WAIT_S):
         output = (await process.stdout.read()).decode()

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import sysconfig
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kairos.client import KairosClient, schedule_trigger
 from kairos.core.natsserver import EmbeddedNatsServer
+from kairos.devtools.processes import KAIROS_COMMAND
 from kairos.v1 import run_pb2, run_service_pb2, trigger_service_pb2
 
-KAIROS = Path(sysconfig.get_path("scripts")) / "kairos"
 START_TIMEOUT_S = 60
 
 
@@ -37,7 +36,7 @@ async def start_dev(
     stderr = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if log else asyncio.subprocess.DEVNULL
     try:
         process = await asyncio.create_subprocess_exec(
-            str(KAIROS),
+            str(KAIROS_COMMAND),
             "--data-dir",
             str(data_dir),
             "dev",
@@ -137,7 +136,7 @@ async def test_a_second_dev_on_the_same_data_refuses_to_start(tmp_path: Path) ->
         endpoints = (data_dir / "endpoints.json").read_text()
         env = {k: v for k, v in os.environ.items() if k != "KAIROS_NATS_URL"}
         second = await asyncio.create_subprocess_exec(
-            str(KAIROS),
+            str(KAIROS_COMMAND),
             "--data-dir",
             str(data_dir),
             "dev",
@@ -185,7 +184,7 @@ async def test_ctrl_c_stops_dev_while_it_still_waits_for_nats(tmp_path: Path) ->
         "KAIROS_HTTP_PORT": "0",
     }
     process = await asyncio.create_subprocess_exec(
-        str(KAIROS),
+        str(KAIROS_COMMAND),
         "--data-dir",
         str(tmp_path / ".kairos"),
         "dev",

@@ -8,12 +8,15 @@ import asyncio
 import os
 import signal
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kairos.core.natsserver import free_port
 from kairos.devtools.suite import wait_serving
 
+# The `kairos` command of this environment, for tests that run it as a user does.
+KAIROS_COMMAND = Path(sysconfig.get_path("scripts")) / "kairos"
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 20.0
 
