@@ -577,6 +577,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  reason: {details.reason} {details.metadata or ''}".rstrip(), file=sys.stderr)
         for field, description in details.field_violations.items():
             print(f"  {field}: {description}", file=sys.stderr)
+        if details.code == grpc.StatusCode.UNAVAILABLE and not details.reason:  # no server answered at all
+            print(
+                f"  is Kairos running at {_client_address(Path(args.data_dir))}? `make dev` starts it; "
+                "KAIROS_ADDRESS points the CLI at another one",
+                file=sys.stderr,
+            )
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

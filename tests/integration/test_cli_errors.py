@@ -1,6 +1,6 @@
-"""`kairos serve <service>` as an operator meets it when the database is wrong: one line naming the problem, exit
-code 1, and never the database password (before, a traceback: `No module named 'psycopg'` for a plain
-`postgresql://` URL, a bare `ConnectionRefusedError` for a database that is down)."""
+"""What the `kairos` command says when it cannot do its work: one line naming the problem (and what to do), exit code
+1, never a password. `kairos serve <service>` with a wrong database was a traceback (`No module named 'psycopg'`
+for a plain `postgresql://` URL, a bare `ConnectionRefusedError` for a database that is down)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kairos.core.natsserver import EmbeddedNatsServer, free_port
+from kairos.devtools.processes import KAIROS_COMMAND
 
 PASSWORD = "hunter2-not-logged"
 
@@ -70,3 +71,26 @@ async def test_an_unsupported_database_is_a_configuration_error(tmp_path: Path) 
         "(e.g. sqlite+aiosqlite:///.kairos/kairos.db or postgresql+asyncpg://user@host/kairos)"
     )
     assert PASSWORD not in errors
+
+
+@pytest.mark.timeout(60)
+async def test_a_client_command_with_no_kairos_to_talk_to_says_how_to_start_one(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    process = await asyncio.create_subprocess_exec(
+        str(KAIROS_COMMAND),
+        "triggers",
+        "list",
+        env={**os.environ, "KAIROS_ADDRESS": address, "KAIROS_API_KEY": "kairos_x_y"},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, errors = await process.communicate()
+    assert process.returncode == 1
+    lines = errors.decode().strip().splitlines()
+    assert lines[0].startswith("kairos: UNAVAILABLE: ")
+    assert (
+        lines[-1]
+        == f"  is Kairos running at {address}? `make dev` starts it; KAIROS_ADDRESS points the CLI at another one"
+    )
