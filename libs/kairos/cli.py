@@ -35,16 +35,11 @@ from kairos.client import (
     schedule_trigger,
     webhook_trigger,
 )
-from kairos.core.config import (
-    DEFAULT_DATA_DIR,
-    ConfigError,
-    DatabaseUnavailableError,
-    ServiceConfig,
-    default_database_url,
-)
+from kairos.core.config import DEFAULT_DATA_DIR, ConfigError, ServiceConfig, default_database_url
 from kairos.core.log import configure_logging
 from kairos.core.messaging import MessagingError, redacted_servers
 from kairos.core.runtime import SERVICE_MODULES, Runtime, run_services
+from kairos.core.startup_errors import StartupError
 from kairos.v1 import (
     event_service_pb2,
     run_pb2,
@@ -162,7 +157,7 @@ def _webhooks_base(data_dir: Path) -> str:
 # ---------------------------------------------------------------- running the suite
 
 
-class DevAlreadyRunningError(Exception):
+class DevAlreadyRunningError(StartupError):
     """Another `kairos dev` runs on the same data directory."""
 
 
@@ -566,10 +561,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"kairos: configuration error: {error}")
     except MessagingError as error:
         sys.exit(f"kairos: NATS: {error}")
-    except DevAlreadyRunningError as error:
+    except StartupError as error:
         sys.exit(f"kairos: {error}")
-    except DatabaseUnavailableError as error:
-        sys.exit(f"kairos: database: {error}")
     except grpc.aio.AioRpcError as error:
         details = error_details(error)
         print(f"kairos: {details.code.name}: {details.message}", file=sys.stderr)

@@ -20,6 +20,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kairos.core.config import DEFAULT_HTTP_REQUEST_TIMEOUT_S
+from kairos.core.startup_errors import ListenError
 from kairos.core.tasks import spawn
 from kairos.ingress.endpoint import PUBLISH_ATTEMPTS, PUBLISH_TIMEOUT_S
 
@@ -182,7 +183,13 @@ async def start_http(
     for each answer the server gives on its own, without the app (400, 408, 431, 503 on stop)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ListenError(
+            f"HTTP cannot listen on {host}:{port} (KAIROS_HTTP_HOST, KAIROS_HTTP_PORT): {error.strerror or error}"
+        ) from error
     # No proxy-headers middleware: nothing here reads the client address, and it costs a call per request.
     config = uvicorn.Config(
         app,

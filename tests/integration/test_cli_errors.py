@@ -1,11 +1,13 @@
 """What the `kairos` command says when it cannot do its work: one line naming the problem (and what to do), exit code
-1, never a password. `kairos serve <service>` with a wrong database was a traceback (`No module named 'psycopg'`
-for a plain `postgresql://` URL, a bare `ConnectionRefusedError` for a database that is down)."""
+1, never a password. `kairos serve <service>` with a wrong database, or on a port already in use, was a traceback
+(`No module named 'psycopg'` for a plain `postgresql://` URL, a bare `ConnectionRefusedError` for a database that
+is down, `Address already in use` or grpcio's "Failed to bind")."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -17,19 +19,14 @@ from kairos.devtools.processes import KAIROS_COMMAND
 PASSWORD = "hunter2-not-logged"
 
 
-async def serve_registry(database_url: str, nats_url: str) -> tuple[int, str]:
-    """Runs `python -m kairos.registry` (`kairos serve registry`) until it exits; its exit code and stderr."""
-    env = {
-        **os.environ,
-        "KAIROS_DATABASE_URL": database_url,
-        "KAIROS_NATS_URL": nats_url,
-        "KAIROS_GRPC_PORT": "0",
-        "KAIROS_HTTP_PORT": "0",
-    }
+async def serve(service: str, **settings: str) -> tuple[int, str]:
+    """Runs `python -m kairos.<service>` (`kairos serve <service>`) with `settings` until it exits; its exit code and
+    stderr."""
+    env = {**os.environ, "KAIROS_GRPC_PORT": "0", "KAIROS_HTTP_PORT": "0", **settings}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "kairos.registry",
+        f"kairos.{service}",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -51,7 +48,11 @@ async def test_a_database_that_refuses_connections_is_one_line_without_the_passw
 ) -> None:
     port = free_port()  # nothing listens there
     async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
-        code, errors = await serve_registry(f"{scheme}://kairos:{PASSWORD}@127.0.0.1:{port}/kairos", nats_server.url)
+        code, errors = await serve(
+            "registry",
+            KAIROS_DATABASE_URL=f"{scheme}://kairos:{PASSWORD}@127.0.0.1:{port}/kairos",
+            KAIROS_NATS_URL=nats_server.url,
+        )
     assert code == 1, errors
     last_line = errors.strip().splitlines()[-1]
     assert last_line.startswith(
@@ -64,7 +65,11 @@ async def test_a_database_that_refuses_connections_is_one_line_without_the_passw
 
 @pytest.mark.timeout(120)
 async def test_an_unsupported_database_is_a_configuration_error(tmp_path: Path) -> None:
-    code, errors = await serve_registry(f"mysql://kairos:{PASSWORD}@127.0.0.1/kairos", "nats://127.0.0.1:1")
+    code, errors = await serve(
+        "registry",
+        KAIROS_DATABASE_URL=f"mysql://kairos:{PASSWORD}@127.0.0.1/kairos",
+        KAIROS_NATS_URL="nats://127.0.0.1:1",
+    )
     assert code == 1, errors
     assert errors.strip().splitlines()[-1] == (
         "kairos: configuration error: KAIROS_DATABASE_URL: Kairos runs on SQLite or PostgreSQL, not 'mysql' "
@@ -94,3 +99,38 @@ async def test_a_client_command_with_no_kairos_to_talk_to_says_how_to_start_one(
         lines[-1]
         == f"  is Kairos running at {address}? `make dev` starts it; KAIROS_ADDRESS points the CLI at another one"
     )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("service", "variable", "problem"),
+    [
+        (
+            "ingress",
+            "KAIROS_HTTP_PORT",
+            "HTTP cannot listen on 127.0.0.1:{port} (KAIROS_HTTP_HOST, KAIROS_HTTP_PORT): ",
+        ),
+        (
+            "registry",
+            "KAIROS_GRPC_PORT",
+            "gRPC cannot listen on 127.0.0.1:{port} (KAIROS_GRPC_HOST, KAIROS_GRPC_PORT): ",
+        ),
+    ],
+)
+async def test_a_port_already_in_use_is_named_with_its_variable(
+    tmp_path: Path, service: str, variable: str, problem: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with EmbeddedNatsServer(tmp_path / "nats") as nats_server:
+            code, errors = await serve(
+                service,
+                KAIROS_NATS_URL=nats_server.url,
+                KAIROS_DATABASE_URL=f"sqlite:///{tmp_path / 'kairos.db'}",
+                **{variable: str(port)},
+            )
+    assert code == 1, errors
+    assert errors.strip().splitlines()[-1].startswith("kairos: " + problem.format(port=port))
+    assert "Traceback" not in errors

@@ -14,11 +14,6 @@ class ConfigError(Exception):
     """A missing or malformed environment variable; the message names it."""
 
 
-class DatabaseUnavailableError(Exception):
-    """KAIROS_DATABASE_URL's database could not be reached at start-up; the message names it without its password.
-    (Here rather than in kairos.core.db, so the CLI can catch it without importing SQLAlchemy.)"""
-
-
 def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     value = env.get(name, "").strip()
     if value:

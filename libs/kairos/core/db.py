@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from kairos.core.config import DatabaseUnavailableError
+from kairos.core.startup_errors import DatabaseUnavailableError
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -70,7 +70,7 @@ async def migrate(engine: AsyncEngine, script_location: str, version_table: str)
     except (OSError, TimeoutError, DBAPIError) as error:
         where = engine.url.render_as_string(hide_password=True)
         reason = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-        raise DatabaseUnavailableError(f"could not connect to {where}: {reason}") from error
+        raise DatabaseUnavailableError(f"database: could not connect to {where}: {reason}") from error
 
     def upgrade(connection: Connection) -> None:
         config.attributes["connection"] = connection

@@ -8,6 +8,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kairos.core.auth import Authenticator
 from kairos.core.interceptors import standard_interceptors
+from kairos.core.startup_errors import ListenError
 
 
 class GrpcServer:
@@ -30,9 +31,15 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> int:
         names = [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio's "Failed to bind" (older releases returned port 0 instead)
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+            raise ListenError(
+                f"gRPC cannot listen on {host}:{port} (KAIROS_GRPC_HOST, KAIROS_GRPC_PORT): the port is in use, or "
+                "the host is not an address of this machine"
+            )
         await self.server.start()
         for name in [*self._service_names, ""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
