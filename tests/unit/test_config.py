@@ -1,10 +1,12 @@
-"""ServiceConfig.from_env: defaults, and start-up failures that name the offending variable."""
+"""ServiceConfig.from_env and the NATS URL setting: defaults, and start-up failures that name the offending variable
+or server."""
 
 from __future__ import annotations
 
 import pytest
 
 from kairos.core.config import ConfigError, ServiceConfig, default_database_url, env_choice, env_int, env_str
+from kairos.core.messaging import NatsConnectError, nats_servers
 
 
 def test_defaults_from_an_empty_environment() -> None:
@@ -171,3 +173,36 @@ def test_env_helpers() -> None:
     with pytest.raises(ConfigError, match="N must be at least 5"):
         env_int({"N": "4"}, "N", 1, minimum=5)
     assert env_choice({"C": " B "}, "C", "a", ("a", "b")) == "b"
+
+
+@pytest.mark.parametrize(
+    ("setting", "servers"),
+    [
+        ("nats://127.0.0.1:4222", ["nats://127.0.0.1:4222"]),
+        ("127.0.0.1:4222", ["127.0.0.1:4222"]),
+        ("nats://a:4222, nats://b:4222,,tls://c", ["nats://a:4222", "nats://b:4222", "tls://c"]),
+        ("nats://kairos:pw@nats:4222", ["nats://kairos:pw@nats:4222"]),
+    ],
+)
+def test_nats_url_settings_name_one_server_or_a_cluster(setting: str, servers: list[str]) -> None:
+    assert nats_servers(setting) == servers
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        (" , ", "no NATS server in the URL"),
+        (
+            "http://kairos:hunter2@127.0.0.1:4222",
+            "http://127.0.0.1:4222 is not a NATS server URL: http:// is not a NATS",
+        ),
+        ("nats://127.0.0.1:notaport", "nats://127.0.0.1:notaport is not a NATS server URL: its port is not a number"),
+        ("nats://kairos:hunter2@127.0.0.1:70000", "nats://127.0.0.1:70000 is not a NATS server URL: its port"),
+        ("nats://a:4222,nats://:4222", "nats://:4222 is not a NATS server URL: it names no host"),
+    ],
+)
+def test_a_nats_url_setting_that_is_not_one_is_named_without_its_credentials(setting: str, problem: str) -> None:
+    with pytest.raises(NatsConnectError) as raised:
+        nats_servers(setting)
+    assert problem in str(raised.value)
+    assert "hunter2" not in str(raised.value)

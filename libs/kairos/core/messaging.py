@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -154,12 +155,30 @@ def _join(prefix: str, workspace: str, trigger_id: str) -> str:
 # -- connecting ----------------------------------------------------------------------------------------
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
 def nats_servers(url: str) -> list[str]:
     """The servers of a NATS URL setting: one URL, or a comma-separated list of a cluster's servers (the first
-    connection may be to any of them; nats-py learns the rest of the cluster from the server)."""
+    connection may be to any of them; nats-py learns the rest of the cluster from the server). A server that is not
+    a NATS URL is a NatsConnectError naming it without its credentials (nats-py would fail on it obscurely)."""
     servers = [server.strip() for server in url.split(",") if server.strip()]
     if not servers:
-        raise NatsConnectError(f"no NATS server in {url!r}")
+        raise NatsConnectError("no NATS server in the URL (e.g. nats://127.0.0.1:4222)")
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        problem = ""
+        if parts.scheme not in NATS_SCHEMES:
+            problem = f"{parts.scheme}:// is not a NATS scheme (use {', '.join(f'{s}://' for s in NATS_SCHEMES)})"
+        elif not parts.hostname:
+            problem = "it names no host"
+        else:
+            try:
+                parts.port  # noqa: B018 (raises ValueError for a port that is not a number from 0 to 65535)
+            except ValueError:
+                problem = "its port is not a number from 0 to 65535"
+        if problem:
+            raise NatsConnectError(f"{redacted(server)} is not a NATS server URL: {problem}")
     return servers
 
 
