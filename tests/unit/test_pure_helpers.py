@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from kairos.cli import build_parser, trigger_from_args
-from kairos.client import equals, event_trigger, exists, one_of, webhook_trigger
+from kairos.client import equals, event_trigger, exists, one_of, schedule_trigger, webhook_trigger
 from kairos.executor.worker import envelope, run_input
 from kairos.ingress.endpoint import event_type_of, lookup_path, mapped_fields
 from kairos.ingress.events import EventTriggers, condition_holds
@@ -81,6 +81,15 @@ def test_cli_event_filter_options_build_the_conditions_in_order() -> None:
         exists("member.name"),
         exists("member.bot", present=False),
     ]
+
+
+def test_cli_every_zero_reaches_the_registry_to_be_refused_instead_of_crashing_the_cli() -> None:
+    """`--every 0s` was taken for no schedule at all: 'give exactly one of cron, every or at', a traceback."""
+    args = build_parser().parse_args(["triggers", "create", "--every", "0s"])
+    schedule = trigger_from_args(args).source.schedule
+    assert schedule.WhichOneof("spec") == "interval" and schedule.interval.every.seconds == 0
+    with pytest.raises(ValueError, match="exactly one of cron, every or at"):
+        schedule_trigger(cron="* * * * *", every=timedelta(0))
 
 
 # ---------------------------------------------------------------- ingress: event type

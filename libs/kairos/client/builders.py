@@ -49,7 +49,7 @@ def schedule_trigger(
     **action_fields: Any,
 ) -> trigger_pb2.Trigger:
     """A schedule trigger from exactly one of `cron`, `every` or `at`."""
-    if sum(bool(x) for x in (cron, every, at)) != 1:
+    if sum((bool(cron), every is not None, at is not None)) != 1:  # a zero `every` is given: the registry refuses it
         raise ValueError("give exactly one of cron, every or at")
     source = trigger_pb2.ScheduleSource(timezone=timezone)
     if cron:
