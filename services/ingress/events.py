@@ -24,7 +24,7 @@ from kairos.core import messaging
 from kairos.core.auth import workspace_for
 from kairos.core.errors import invalid_argument, unavailable
 from kairos.core.feed import KvMirror
-from kairos.core.names import WORKSPACE_ID, new_id
+from kairos.core.names import EVENT_TYPE, EVENT_TYPE_RULE, WORKSPACE_ID, new_id
 from kairos.core.tasks import cancel_and_wait, spawn
 from kairos.ingress.endpoint import TRIGGER_ACTIVE, event_id_of, lookup_path
 from kairos.v1 import event_service_pb2, event_service_pb2_grpc, fire_pb2, run_pb2, trigger_pb2
@@ -40,7 +40,6 @@ BUILTIN_EVENT_TYPES = {
     "run.failed": "A run of an agent failed.",
 }
 MAX_EVENT_BYTES = 1 << 20
-MAX_EVENT_TYPE_CHARS = 200
 EVENTS_CONSUMER = "kairos-ingress-events"
 FETCH_BATCH = 64
 FETCH_WAIT_S = 1.0
@@ -226,8 +225,11 @@ class EventConsumer:
         redelivers one that failed for a reason that may pass, later each time (nothing is dropped for an outage)."""
         tokens = message.subject.split(".")
         workspace, event_type = tokens[2] if len(tokens) > 3 else "", ".".join(tokens[3:])
-        if not WORKSPACE_ID.match(workspace) or not event_type or len(event_type) > MAX_EVENT_TYPE_CHARS:
+        if not WORKSPACE_ID.match(workspace) or not event_type:
             await self._drop(message, "the subject names no workspace id and event type")
+            return
+        if not EVENT_TYPE.match(event_type):
+            await self._drop(message, f"the event type {EVENT_TYPE_RULE}: no trigger can name this one")
             return
         try:
             data = orjson.loads(message.data) if message.data else {}
@@ -264,8 +266,8 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
 
     async def PublishEvent(self, request, context):
         workspace = workspace_for(request.parent)
-        if not request.event_type or len(request.event_type) > MAX_EVENT_TYPE_CHARS:
-            raise invalid_argument("INVALID_EVENT_TYPE", "event_type", "must be 1 to 200 characters")
+        if not EVENT_TYPE.match(request.event_type):
+            raise invalid_argument("INVALID_EVENT_TYPE", "event_type", EVENT_TYPE_RULE)
         if request.data.ByteSize() > MAX_EVENT_BYTES:
             raise invalid_argument("EVENT_TOO_LARGE", "data", f"must be at most {MAX_EVENT_BYTES} bytes")
         if len(request.event_id) > 200:

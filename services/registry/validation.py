@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 from kairos.core import messaging
 from kairos.core.errors import invalid_argument
+from kairos.core.names import EVENT_TYPE, EVENT_TYPE_RULE
 from kairos.core.schedule import Schedule, compile_schedule
 from kairos.v1 import trigger_pb2, webhook_pb2
 
@@ -28,7 +29,6 @@ CREATABLE_STATES = (
 )
 AGENT_NAME = re.compile(r"^agents/[a-z0-9][a-z0-9_-]{0,62}\Z")
 OWNER_NAME = re.compile(r"^(users|serviceAccounts)/[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}\Z")
-EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}\Z")
 DOT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_0-9][A-Za-z0-9_-]*){0,15}\Z")
 INPUT_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 ENTRY_POINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -82,11 +82,7 @@ def _validate_source(source: trigger_pb2.TriggerSource) -> bool | None:
         raise invalid_argument("MISSING_SOURCE", "trigger.source", "set one of schedule, webhook or event")
     if kind == "event":
         if not EVENT_TYPE.match(source.event.event_type):
-            raise invalid_argument(
-                "INVALID_EVENT_TYPE",
-                "trigger.source.event.event_type",
-                "must be dot-separated lowercase words such as thread.member_joined",
-            )
+            raise invalid_argument("INVALID_EVENT_TYPE", "trigger.source.event.event_type", EVENT_TYPE_RULE)
         for index, condition in enumerate(source.event.filter):
             if not DOT_PATH.match(condition.path):
                 raise invalid_argument(

@@ -121,8 +121,10 @@ async def test_events_that_can_never_fire_are_dropped_not_redelivered(tmp_path: 
     """An event whose subject names no workspace id, whose payload is not JSON, or whose fire NATS could not carry
     is dropped with a warning. Such an event once went back to the consumer every second, for ever (the first
     because its workspace token made no valid KV key for the event-type catalog). Through PublishEvent, a fire
-    too large is INVALID_ARGUMENT (it was UNAVAILABLE, "retry", which could never succeed). On a nats-server with a
-    64 KiB max payload, so the events that are too large stay small."""
+    too large is INVALID_ARGUMENT (it was UNAVAILABLE, "retry", which could never succeed). An event type no
+    trigger can name (`Thread.Created`: triggers take dot-separated lowercase words) is dropped too, and refused by
+    PublishEvent with INVALID_EVENT_TYPE: both were accepted, fired nothing, and listed the type in the catalog.
+    On a nats-server with a 64 KiB max payload, so the events that are too large stay small."""
     max_payload = 64 * 1024
     async with (
         EmbeddedNatsServer(tmp_path / "nats", max_payload=max_payload) as nats_server,
@@ -137,6 +139,7 @@ async def test_events_that_can_never_fire_are_dropped_not_redelivered(tmp_path: 
             await js.publish(f"{messaging.EVENT_SUBJECT_PREFIX}.w$x.{created}", b"{}")
             await js.publish(subject, b"not json")
             await js.publish(subject, b'{"pad": "%s"}' % (b"x" * (max_payload - 100)))
+            await js.publish(messaging.event_subject("poison", "Thread.Created"), b"{}")
             last = await js.publish(subject, b"{}", headers={messaging.MSG_ID_HEADER: "ev-ok"})
             await traces.run_ended(f"{trigger.name}@event:ev-ok")
             async with asyncio.timeout(RUN_TIMEOUT_S):
@@ -146,6 +149,8 @@ async def test_events_that_can_never_fire_are_dropped_not_redelivered(tmp_path: 
                         break
                     await asyncio.sleep(0.05)
             assert consumer.num_redelivered == 0 and consumer.num_ack_pending == 0
+            catalog = await js.key_value(messaging.EVENT_TYPES_BUCKET)  # written before an event is acknowledged
+            assert await catalog.keys() == [EventTypeCatalog.key("poison", created)]
             fired = f"{messaging.FIRE_SUBJECT_PREFIX}.poison.>"
             assert (await js.stream_info(messaging.FIRES_STREAM, subjects_filter=fired)).state.messages == 1
 
@@ -155,3 +160,7 @@ async def test_events_that_can_never_fire_are_dropped_not_redelivered(tmp_path: 
                 await kairos.events.PublishEvent(event_service_pb2.PublishEventRequest(event_type=created, data=data))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert error_details(refused.value).reason == "EVENT_TOO_LARGE"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await kairos.events.PublishEvent(event_service_pb2.PublishEventRequest(event_type="Thread.Created"))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_details(refused.value).reason == "INVALID_EVENT_TYPE"

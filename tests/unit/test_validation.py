@@ -197,6 +197,12 @@ TRIGGER_RULES: list[tuple[str, Callable[[trigger_pb2.Trigger], object], str, str
         "trigger.source.event.event_type",
     ),
     (
+        "event type over 200 characters",  # events of such a type are refused by PublishEvent: none could fire it
+        lambda t: setattr(t.source.event, "event_type", "a" * 201),
+        "INVALID_EVENT_TYPE",
+        "trigger.source.event.event_type",
+    ),
+    (
         "filter path not dot notation",
         lambda t: (
             setattr(t.source.event, "event_type", "thread.created"),
