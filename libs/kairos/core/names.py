@@ -13,7 +13,7 @@ WORKSPACE_ID = re.compile(r"^[a-z][a-z0-9-]{1,62}\Z")
 RESOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # A platform event type, as event triggers name it and events are published with: anything else can fire nothing.
 EVENT_TYPE = re.compile(r"^(?=.{1,200}\Z)[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,7}\Z")
-EVENT_TYPE_RULE = "must be dot-separated lowercase words such as thread.member_joined (at most 8, and 200 characters)"
+EVENT_TYPE_RULE = "must be dot-separated lowercase words such as thread.member_joined (at most 8 words, 200 characters)"
 CALLERS_WORKSPACE = "workspaces/-"
 
 
