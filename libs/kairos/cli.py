@@ -303,6 +303,10 @@ async def _triggers(kairos: KairosClient, args: argparse.Namespace) -> None:
         case "create":
             request = ts.CreateTriggerRequest(trigger=trigger_from_args(args), request_id=args.request_id)
             trigger = (await t.CreateTrigger(request)).trigger
+            if args.at is not None and args.at <= datetime.now(UTC):
+                print(
+                    f"kairos: note: --at {args.at.isoformat()} is past: this one-shot will never fire", file=sys.stderr
+                )
             if args.output == "name":
                 print(trigger.name)
             else:

@@ -1,6 +1,7 @@
 """The `kairos webhooks` commands as a user runs them (the `kairos` executable) against the whole suite in-process:
 a Standard Webhooks webhook with accepted event types and a rate limit, its secret rotated with a grace period
-(requests signed with either secret are accepted meanwhile), and disable / enable (403 in between).
+(requests signed with either secret are accepted meanwhile), and disable / enable (403 in between). And the note
+`kairos triggers create --at` prints for an instant already past.
 
 The ingress learns of each change through the change feed a few milliseconds later: each step waits (bounded) for
 the ingress's webhook mirror to hold the new revision, then sends its requests."""
@@ -102,3 +103,13 @@ async def test_webhook_commands_create_rotate_and_disable(suite) -> None:
         await ingress_has_the_change()
         assert await deliver(revoked["WEBHOOK_SECRET"]) == 202
         assert (await deliver(first_secret), await deliver(second_secret)) == (401, 401)
+
+
+async def test_a_one_shot_created_in_the_past_is_created_with_a_note_that_it_will_never_fire(suite) -> None:
+    api_key = await suite.new_workspace("cli-past")
+    past = await kairos(suite, api_key, "triggers", "create", "--at", "2020-01-01T00:00:00Z", "--output", "name")
+    note, name = past.splitlines()
+    assert note == "kairos: note: --at 2020-01-01T00:00:00+00:00 is past: this one-shot will never fire"
+    assert name.startswith("workspaces/cli-past/triggers/")
+    future = await kairos(suite, api_key, "triggers", "create", "--at", "2999-01-01T00:00:00Z", "--output", "name")
+    assert future.startswith("workspaces/cli-past/triggers/") and "note" not in future
