@@ -405,6 +405,13 @@ async def _workspaces(kairos: KairosClient, args: argparse.Namespace) -> None:
             )
             _print(response.api_key)
             print(f"\nAPI key: {response.key}   (shown once; store it now)")
+        case "rotate-signing-secret":
+            grace = duration_pb2.Duration()
+            grace.FromTimedelta(args.grace)
+            request = ws.RotateSigningSecretRequest(name=f"workspaces/{args.id}", grace_period=grace)
+            secret = (await w.RotateSigningSecret(request)).signing_secret
+            print(f"KAIROS_SIGNING_SECRET={secret}")
+            print("kairos: shown once; verify the requests Kairos sends for the workspace with it", file=sys.stderr)
 
 
 async def _events(kairos: KairosClient, args: argparse.Namespace) -> None:
@@ -546,6 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub = workspace_actions.add_parser(verb, help=purpose)
         sub.add_argument("id")
         sub.add_argument("--display-name", default="")
+    signing = workspace_actions.add_parser(
+        "rotate-signing-secret",
+        help="a new secret for the requests Kairos sends for the workspace (http agents, notify_url); any API key",
+    )
+    signing.add_argument("--id", default="-", help="the workspace (default: the API key's own)")
+    signing.add_argument(
+        "--grace",
+        type=_duration,
+        default=timedelta(0),
+        help="keep signing with the old secrets too this long, e.g. 1d (default: stop them now)",
+    )
     return parser
 
 

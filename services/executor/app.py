@@ -10,12 +10,13 @@ from kairos.core import db
 from kairos.core.feed import KvMirror
 from kairos.core.jetstream import JetStreamPublisher
 from kairos.core.runtime import Runtime
+from kairos.core.sealing import Sealer
 from kairos.executor.notify import Callbacks, Signer
 from kairos.executor.runners import Runners
 from kairos.executor.runs import RunStore
 from kairos.executor.servicer import RunServicer
 from kairos.executor.worker import FireWorker, WorkerSettings
-from kairos.v1 import run_service_pb2_grpc, trigger_pb2
+from kairos.v1 import feed_pb2, run_service_pb2_grpc, trigger_pb2
 
 MIGRATIONS = "kairos.executor:migrations"
 VERSION_TABLE = "alembic_version_executor"
@@ -35,7 +36,13 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
 
     http = httpx.AsyncClient(headers={"user-agent": "kairos-executor"})
     stack.push_async_callback(http.aclose)
-    signer = Signer(config.notify_signing_secret)
+    # Workspace signing keys from the registry's change feed: a workspace's requests are signed with its own.
+    workspace_keys: KvMirror[feed_pb2.WorkspaceRecord] = KvMirror(runtime.buckets.workspaces, feed_pb2.WorkspaceRecord)
+    await workspace_keys.start()
+    stack.push_async_callback(workspace_keys.stop)
+    sealer = Sealer(config.secret_key) if config.secret_key else None
+    runtime.extras["executor.workspaces"] = workspace_keys
+    signer = Signer(config.notify_signing_secret, workspace_keys, sealer)
     publisher = JetStreamPublisher(runtime.nats)
     await publisher.start()
     stack.push_async_callback(publisher.close)

@@ -15,6 +15,7 @@ deduplicate on `webhook-id` (the event id).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import Awaitable, Sequence
@@ -32,11 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from kairos.core import messaging
+from kairos.core.feed import KvMirror
 from kairos.core.jetstream import JetStreamPublisher
+from kairos.core.names import parse_trigger
+from kairos.core.sealing import Sealer, SealingError
 from kairos.core.tasks import spawn
 from kairos.executor.models import CallbackStopRow
 from kairos.executor.runs import insert_new, parsed_trigger
-from kairos.v1 import run_pb2
+from kairos.v1 import feed_pb2, run_pb2
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -55,21 +59,56 @@ RETRIED_STATUSES = {408, 429}
 
 
 class Signer:
-    """Adds `webhook-id`, `webhook-timestamp` and `webhook-signature` headers (KAIROS_NOTIFY_SIGNING_SECRET,
-    a `whsec_<base64>` secret); without a secret, requests go unsigned."""
+    """Adds `webhook-id`, `webhook-timestamp` and `webhook-signature` headers to a request Kairos sends for a
+    workspace: one signature per current signing key of the workspace (RotateSigningSecret; fed sealed through
+    `kairos_workspaces` and opened once per key), else, for a workspace that never made one, with
+    KAIROS_NOTIFY_SIGNING_SECRET, the deployment's `whsec_<base64>` secret; with neither, requests go unsigned."""
 
-    def __init__(self, secret: str) -> None:
-        self._webhook = Webhook(secret) if secret else None
+    def __init__(
+        self,
+        secret: str,
+        workspaces: KvMirror[feed_pb2.WorkspaceRecord] | None = None,
+        sealer: Sealer | None = None,
+    ) -> None:
+        self._deployment = Webhook(secret) if secret else None
+        self._workspaces = workspaces
+        self._sealer = sealer
+        self._opened: dict[str, tuple[bytes, Webhook]] = {}  # signing key id -> (its sealed form, its signer)
 
-    def headers(self, message_id: str, body: str) -> dict[str, str]:
+    def headers(self, workspace: str, message_id: str, body: str) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        if self._webhook is None:
-            return headers
         now = datetime.now(UTC)
+        keys = self._keys_of(workspace, now.timestamp())
+        if keys is None:
+            keys = [self._deployment] if self._deployment is not None else []
+        if not keys:
+            return headers
         headers["webhook-id"] = message_id
         headers["webhook-timestamp"] = str(int(now.timestamp()))
-        headers["webhook-signature"] = self._webhook.sign(message_id, now, body)
+        headers["webhook-signature"] = " ".join(key.sign(message_id, now, body) for key in keys)
         return headers
+
+    def _keys_of(self, workspace: str, now_s: float) -> list[Webhook] | None:
+        """The workspace's unexpired keys that open, oldest first; None when it has none of its own."""
+        record = self._workspaces.cached(workspace) if self._workspaces is not None else None
+        if record is None or not record.signing_keys:
+            return None
+        keys = []
+        for key in record.signing_keys:
+            if key.HasField("expire_time") and key.expire_time.seconds <= now_s:
+                continue
+            opened = self._opened.get(key.id)
+            if opened is None or opened[0] != key.sealed_key:
+                try:
+                    if self._sealer is None:
+                        raise SealingError("KAIROS_SECRET_KEY is not set")
+                    plain = self._sealer.open(key.sealed_key, f"workspaces/{workspace}")
+                except SealingError as error:
+                    log.warning("workspace signing key does not open; unsigned", workspace=workspace, error=str(error))
+                    continue
+                opened = self._opened[key.id] = (key.sealed_key, Webhook(base64.b64encode(plain).decode()))
+            keys.append(opened[1])
+        return keys
 
 
 def backoff_s(delivery: int) -> float:
@@ -227,7 +266,7 @@ class Callbacks:
     async def _post(self, message: Msg, url: str, event: run_pb2.TraceEvent, stop_key: tuple[str, str, str]) -> None:
         body = event_json(event)
         try:
-            status = await self._in_progress_while(message, self._status_of_post(url, body, event.id))
+            status = await self._in_progress_while(message, self._status_of_post(url, body, event))
         except httpx.HTTPError as error:
             status, detail = 0, str(error) or type(error).__name__
         else:
@@ -251,10 +290,10 @@ class Callbacks:
             return
         await message.nak(delay=backoff_s(delivery))
 
-    async def _status_of_post(self, url: str, body: str, event_id: str) -> int:
+    async def _status_of_post(self, url: str, body: str, event: run_pb2.TraceEvent) -> int:
         """POSTs one callback and returns the answer's status. The answer's body is never read: a callback needs
         none, and the receiver (whose URL is the workspace's to choose) could make it as large as it likes."""
-        headers = self._signer.headers(event_id, body)
+        headers = self._signer.headers(parse_trigger(event.trigger, "trigger").workspace, event.id, body)
         async with self._http.stream("POST", url, content=body, headers=headers, timeout=TIMEOUT_S) as response:
             return response.status_code
 

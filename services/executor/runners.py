@@ -13,6 +13,7 @@ import httpx
 from nats.aio.client import Client as NatsClient
 
 from kairos.core import messaging
+from kairos.core.names import parse_trigger
 from kairos.executor.notify import Signer
 from kairos.v1 import trigger_pb2
 
@@ -80,7 +81,8 @@ class Runners:
 
     async def _http_post(self, url: str, envelope: dict[str, Any], timeout: float) -> Any:
         body = json.dumps(envelope)
-        headers = self._signer.headers(f"{envelope.get('run', '')}/{envelope.get('attempt', 0)}", body)
+        workspace = parse_trigger(envelope["trigger"], "trigger").workspace
+        headers = self._signer.headers(workspace, f"{envelope.get('run', '')}/{envelope.get('attempt', 0)}", body)
         try:
             async with self._http.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
                 if response.status_code >= 500:

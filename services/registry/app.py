@@ -35,6 +35,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
             outbox.TRIGGERS: buckets.triggers,
             outbox.WEBHOOKS: buckets.webhooks,
             outbox.API_KEYS: buckets.api_keys,
+            outbox.WORKSPACES: buckets.workspaces,
         },
         transactions,
     )
@@ -42,7 +43,7 @@ async def start(stack: AsyncExitStack, runtime: Runtime) -> None:
     stack.push_async_callback(relay.stop)
 
     sealer = Sealer(runtime.config.secret_key) if runtime.config.secret_key else None
-    workspaces = WorkspaceRegistry(sessions, relay)
+    workspaces = WorkspaceRegistry(sessions, relay, sealer)
     runtime.extras["workspaces"] = workspaces
     reader = RowReader(runtime.config.database_url, sessions)
     stack.callback(reader.close)

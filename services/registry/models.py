@@ -74,6 +74,18 @@ class ApiKeyRow(Base):
     expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+class WorkspaceSigningKeyRow(Base):
+    """A key the executor signs the workspace's outgoing requests with: stored sealed only."""
+
+    __tablename__ = "workspace_signing_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
 class TriggerRow(Base):
     __tablename__ = "triggers"
     __table_args__ = (

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 TRIGGERS = "triggers"
 WEBHOOKS = "webhooks"
 API_KEYS = "api_keys"
+WORKSPACES = "workspaces"
 BATCH = 500
 
 

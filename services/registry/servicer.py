@@ -197,3 +197,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         check_workspace(workspace, request.name)
         await self._workspaces.delete_api_key(workspace, parts[3])
         return workspace_service_pb2.DeleteApiKeyResponse()
+
+    async def RotateSigningSecret(self, request, context):
+        secret = await self._workspaces.rotate_signing_secret(workspace_for(request.name, "name"), request.grace_period)
+        return workspace_service_pb2.RotateSigningSecretResponse(signing_secret=secret)

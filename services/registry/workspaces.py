@@ -1,12 +1,14 @@
-"""Workspaces and their API keys. A key is shown once; the registry keeps its SHA-256 digest and feeds it to
-every service so each can authenticate callers on its own."""
+"""Workspaces, their API keys and their signing secrets. A key is shown once; the registry keeps its SHA-256 digest
+and feeds it to every service so each can authenticate callers on its own. A signing secret is shown once too, and
+stored and fed to the executor only sealed (AES-GCM under KAIROS_SECRET_KEY, bound to the workspace's name): the
+executor signs the workspace's outgoing requests with it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kairos.core import secrets
 from kairos.core.errors import KairosError, aborted, invalid_argument, not_found
 from kairos.core.names import WORKSPACE_ID, new_id
+from kairos.core.sealing import Sealer
 from kairos.registry import outbox
-from kairos.registry.models import ApiKeyRow, WorkspaceRow
+from kairos.registry.models import ApiKeyRow, WorkspaceRow, WorkspaceSigningKeyRow
 from kairos.registry.triggers import check_update_mask, page_by_id, timestamp
+from kairos.registry.webhooks import MAX_GRACE, new_signing_key
 from kairos.v1 import feed_pb2, workspace_pb2
 
 UPDATABLE_WORKSPACE_PATHS = (
@@ -57,9 +61,12 @@ def _key_view(row: ApiKeyRow) -> workspace_pb2.ApiKey:
 class WorkspaceRegistry:
     """The domain operations behind WorkspaceService."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], relay: outbox.OutboxRelay, sealer: Sealer | None = None
+    ) -> None:
         self._sessions = sessions
         self._relay = relay
+        self._sealer = sealer
 
     async def create_workspace(self, draft: workspace_pb2.Workspace) -> workspace_pb2.Workspace:
         workspace_id = draft.name.removeprefix("workspaces/")
@@ -185,3 +192,50 @@ class WorkspaceRegistry:
             outbox.stage(session, outbox.API_KEYS, key_id, None)
             await session.commit()
         await self._relay.flush_soon()
+
+    async def rotate_signing_secret(self, workspace_id: str, grace: duration_pb2.Duration) -> str:
+        """A new signing key for the workspace's outgoing requests, returned as `whsec_<base64>` this once. The
+        current keys keep signing (a second signature) for `grace`, or stop now."""
+        grace_period = grace.ToTimedelta()
+        if grace_period < timedelta(0) or grace_period > MAX_GRACE:
+            raise invalid_argument("INVALID_GRACE_PERIOD", "grace_period", "must be between 0 and 30 days")
+        if self._sealer is None:
+            raise KairosError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "SECRET_KEY_NOT_CONFIGURED",
+                "signing secrets are encrypted at rest; the operator must set KAIROS_SECRET_KEY",
+            )
+        name = f"workspaces/{workspace_id}"
+        key, secret = new_signing_key()
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            if await session.get(WorkspaceRow, workspace_id) is None:
+                raise not_found(name)
+            current = (
+                await session.scalars(
+                    select(WorkspaceSigningKeyRow).where(WorkspaceSigningKeyRow.workspace_id == workspace_id)
+                )
+            ).all()
+            kept = []
+            for row in current:
+                if grace_period and (row.expire_time is None or row.expire_time > now):
+                    row.expire_time = min(row.expire_time or now + grace_period, now + grace_period)
+                    kept.append(row)
+                else:
+                    await session.delete(row)
+            new = WorkspaceSigningKeyRow(
+                id=new_id("sk"),
+                workspace_id=workspace_id,
+                sealed_key=self._sealer.seal(key, context=name),
+                create_time=now,
+            )
+            session.add(new)
+            record = feed_pb2.WorkspaceRecord(name=name)
+            for row in [*sorted(kept, key=lambda row: row.create_time), new]:
+                fed = record.signing_keys.add(id=row.id, sealed_key=row.sealed_key)
+                if row.expire_time is not None:
+                    fed.expire_time.CopyFrom(timestamp(row.expire_time))
+            outbox.stage(session, outbox.WORKSPACES, workspace_id, record.SerializeToString())
+            await session.commit()
+        await self._relay.flush_soon()
+        return secret

@@ -58,9 +58,10 @@ TRIGGERS_BUCKET = "kairos_triggers"
 WEBHOOKS_BUCKET = "kairos_webhooks"
 API_KEYS_BUCKET = "kairos_api_keys"
 SCHEDULER_BUCKET = "kairos_scheduler"
+WORKSPACES_BUCKET = "kairos_workspaces"
 # Created by the ingress (not in ALL_BUCKETS): the event types workspaces used.
 EVENT_TYPES_BUCKET = "kairos_event_types"
-ALL_BUCKETS = (TRIGGERS_BUCKET, WEBHOOKS_BUCKET, API_KEYS_BUCKET, SCHEDULER_BUCKET)
+ALL_BUCKETS = (TRIGGERS_BUCKET, WEBHOOKS_BUCKET, API_KEYS_BUCKET, SCHEDULER_BUCKET, WORKSPACES_BUCKET)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
@@ -405,6 +406,7 @@ class KairosBuckets:
     webhooks: KeyValue
     api_keys: KeyValue
     scheduler: KeyValue
+    workspaces: KeyValue
 
 
 async def ensure_all(
@@ -417,6 +419,7 @@ async def ensure_all(
         webhooks=await ensure_key_value(js, WEBHOOKS_BUCKET, replicas=replicas),
         api_keys=await ensure_key_value(js, API_KEYS_BUCKET, replicas=replicas),
         scheduler=await ensure_key_value(js, SCHEDULER_BUCKET, replicas=replicas),
+        workspaces=await ensure_key_value(js, WORKSPACES_BUCKET, replicas=replicas),
     )
 
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kairos.v1 import webhook_pb2 as kairos_dot_v1_dot_webhook__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kairos/v1/feed.proto\x12\tkairos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17kairos/v1/webhook.proto\"y\n\rWebhookRecord\x12#\n\x07webhook\x18\x01 \x01(\x0b\x32\x12.kairos.v1.Webhook\x12\x31\n\x0b\x63redentials\x18\x02 \x03(\x0b\x32\x1c.kairos.v1.WebhookCredential\x12\x10\n\x08revision\x18\x03 \x01(\x03\"|\n\x11WebhookCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x1a\n\x12sealed_signing_key\x18\x03 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x0c\x41piKeyRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x7f\n\rdev.kairos.v1B\tFeedProtoP\x01Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\xa2\x02\x03KXX\xaa\x02\tKairos.V1\xca\x02\tKairos\\V1\xea\x02\nKairos::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kairos/v1/feed.proto\x12\tkairos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17kairos/v1/webhook.proto\"y\n\rWebhookRecord\x12#\n\x07webhook\x18\x01 \x01(\x0b\x32\x12.kairos.v1.Webhook\x12\x31\n\x0b\x63redentials\x18\x02 \x03(\x0b\x32\x1c.kairos.v1.WebhookCredential\x12\x10\n\x08revision\x18\x03 \x01(\x03\"|\n\x11WebhookCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x1a\n\x12sealed_signing_key\x18\x03 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x0c\x41piKeyRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x0fWorkspaceRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x15.kairos.v1.SigningKey\"]\n\nSigningKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x7f\n\rdev.kairos.v1B\tFeedProtoP\x01Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\xa2\x02\x03KXX\xaa\x02\tKairos.V1\xca\x02\tKairos\\V1\xea\x02\nKairos::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,4 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKCREDENTIAL']._serialized_end=340
   _globals['_APIKEYRECORD']._serialized_start=342
   _globals['_APIKEYRECORD']._serialized_end=435
+  _globals['_WORKSPACERECORD']._serialized_start=437
+  _globals['_WORKSPACERECORD']._serialized_end=513
+  _globals['_SIGNINGKEY']._serialized_start=515
+  _globals['_SIGNINGKEY']._serialized_end=608
 # @@protoc_insertion_point(module_scope)

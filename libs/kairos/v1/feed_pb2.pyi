@@ -41,3 +41,21 @@ class ApiKeyRecord(_message.Message):
     digest: bytes
     expire_time: _timestamp_pb2.Timestamp
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[bytes] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WorkspaceRecord(_message.Message):
+    __slots__ = ("name", "signing_keys")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    signing_keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
+    def __init__(self, name: _Optional[str] = ..., signing_keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ...) -> None: ...
+
+class SigningKey(_message.Message):
+    __slots__ = ("id", "sealed_key", "expire_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    sealed_key: bytes
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

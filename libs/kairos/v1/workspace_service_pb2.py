@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from kairos.v1 import workspace_pb2 as kairos_dot_v1_dot_workspace__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kairos/v1/workspace_service.proto\x12\tkairos.v1\x1a google/protobuf/field_mask.proto\x1a\x19kairos/v1/workspace.proto\"A\n\x16\x43reateWorkspaceRequest\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\"B\n\x17\x43reateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\"#\n\x13GetWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x14GetWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\">\n\x15ListWorkspacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x16ListWorkspacesResponse\x12(\n\nworkspaces\x18\x01 \x03(\x0b\x32\x14.kairos.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x16UpdateWorkspaceRequest\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"B\n\x17UpdateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\"I\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\"\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x11.kairos.v1.ApiKey\"G\n\x14\x43reateApiKeyResponse\x12\"\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x11.kairos.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"K\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x13ListApiKeysResponse\x12#\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x11.kairos.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteApiKeyResponse2\xde\x04\n\x10WorkspaceService\x12X\n\x0f\x43reateWorkspace\x12!.kairos.v1.CreateWorkspaceRequest\x1a\".kairos.v1.CreateWorkspaceResponse\x12O\n\x0cGetWorkspace\x12\x1e.kairos.v1.GetWorkspaceRequest\x1a\x1f.kairos.v1.GetWorkspaceResponse\x12U\n\x0eListWorkspaces\x12 .kairos.v1.ListWorkspacesRequest\x1a!.kairos.v1.ListWorkspacesResponse\x12X\n\x0fUpdateWorkspace\x12!.kairos.v1.UpdateWorkspaceRequest\x1a\".kairos.v1.UpdateWorkspaceResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.kairos.v1.CreateApiKeyRequest\x1a\x1f.kairos.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.kairos.v1.ListApiKeysRequest\x1a\x1e.kairos.v1.ListApiKeysResponse\x12O\n\x0c\x44\x65leteApiKey\x12\x1e.kairos.v1.DeleteApiKeyRequest\x1a\x1f.kairos.v1.DeleteApiKeyResponseB\x8b\x01\n\rdev.kairos.v1B\x15WorkspaceServiceProtoP\x01Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\xa2\x02\x03KXX\xaa\x02\tKairos.V1\xca\x02\tKairos\\V1\xea\x02\nKairos::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kairos/v1/workspace_service.proto\x12\tkairos.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x19kairos/v1/workspace.proto\"A\n\x16\x43reateWorkspaceRequest\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\"B\n\x17\x43reateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\"#\n\x13GetWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x14GetWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\">\n\x15ListWorkspacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x16ListWorkspacesResponse\x12(\n\nworkspaces\x18\x01 \x03(\x0b\x32\x14.kairos.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x16UpdateWorkspaceRequest\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"B\n\x17UpdateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.kairos.v1.Workspace\"I\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\"\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x11.kairos.v1.ApiKey\"G\n\x14\x43reateApiKeyResponse\x12\"\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x11.kairos.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"K\n\x12ListApiKeysRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x13ListApiKeysResponse\x12#\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x11.kairos.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteApiKeyResponse\"[\n\x1aRotateSigningSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x1bRotateSigningSecretResponse\x12\x16\n\x0esigning_secret\x18\x01 \x01(\t2\xc4\x05\n\x10WorkspaceService\x12X\n\x0f\x43reateWorkspace\x12!.kairos.v1.CreateWorkspaceRequest\x1a\".kairos.v1.CreateWorkspaceResponse\x12O\n\x0cGetWorkspace\x12\x1e.kairos.v1.GetWorkspaceRequest\x1a\x1f.kairos.v1.GetWorkspaceResponse\x12U\n\x0eListWorkspaces\x12 .kairos.v1.ListWorkspacesRequest\x1a!.kairos.v1.ListWorkspacesResponse\x12X\n\x0fUpdateWorkspace\x12!.kairos.v1.UpdateWorkspaceRequest\x1a\".kairos.v1.UpdateWorkspaceResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.kairos.v1.CreateApiKeyRequest\x1a\x1f.kairos.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.kairos.v1.ListApiKeysRequest\x1a\x1e.kairos.v1.ListApiKeysResponse\x12O\n\x0c\x44\x65leteApiKey\x12\x1e.kairos.v1.DeleteApiKeyRequest\x1a\x1f.kairos.v1.DeleteApiKeyResponse\x12\x64\n\x13RotateSigningSecret\x12%.kairos.v1.RotateSigningSecretRequest\x1a&.kairos.v1.RotateSigningSecretResponseB\x8b\x01\n\rdev.kairos.v1B\x15WorkspaceServiceProtoP\x01Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\xa2\x02\x03KXX\xaa\x02\tKairos.V1\xca\x02\tKairos\\V1\xea\x02\nKairos::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +35,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kairos.v1.workspace_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.kairos.v1B\025WorkspaceServiceProtoP\001Z6github.com/kairos-dev/kairos/gen/go/kairos/v1;kairosv1\242\002\003KXX\252\002\tKairos.V1\312\002\tKairos\\V1\352\002\nKairos::V1'
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=109
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=174
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=176
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=242
-  _globals['_GETWORKSPACEREQUEST']._serialized_start=244
-  _globals['_GETWORKSPACEREQUEST']._serialized_end=279
-  _globals['_GETWORKSPACERESPONSE']._serialized_start=281
-  _globals['_GETWORKSPACERESPONSE']._serialized_end=344
-  _globals['_LISTWORKSPACESREQUEST']._serialized_start=346
-  _globals['_LISTWORKSPACESREQUEST']._serialized_end=408
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=410
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=501
-  _globals['_UPDATEWORKSPACEREQUEST']._serialized_start=503
-  _globals['_UPDATEWORKSPACEREQUEST']._serialized_end=617
-  _globals['_UPDATEWORKSPACERESPONSE']._serialized_start=619
-  _globals['_UPDATEWORKSPACERESPONSE']._serialized_end=685
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=687
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=760
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=762
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=833
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=835
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=910
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=912
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=995
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=997
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1032
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1034
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1056
-  _globals['_WORKSPACESERVICE']._serialized_start=1059
-  _globals['_WORKSPACESERVICE']._serialized_end=1665
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=141
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=206
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=208
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=274
+  _globals['_GETWORKSPACEREQUEST']._serialized_start=276
+  _globals['_GETWORKSPACEREQUEST']._serialized_end=311
+  _globals['_GETWORKSPACERESPONSE']._serialized_start=313
+  _globals['_GETWORKSPACERESPONSE']._serialized_end=376
+  _globals['_LISTWORKSPACESREQUEST']._serialized_start=378
+  _globals['_LISTWORKSPACESREQUEST']._serialized_end=440
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=442
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=533
+  _globals['_UPDATEWORKSPACEREQUEST']._serialized_start=535
+  _globals['_UPDATEWORKSPACEREQUEST']._serialized_end=649
+  _globals['_UPDATEWORKSPACERESPONSE']._serialized_start=651
+  _globals['_UPDATEWORKSPACERESPONSE']._serialized_end=717
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=719
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=792
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=794
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=865
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=867
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=942
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=944
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1027
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1029
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1064
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1066
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1088
+  _globals['_ROTATESIGNINGSECRETREQUEST']._serialized_start=1090
+  _globals['_ROTATESIGNINGSECRETREQUEST']._serialized_end=1181
+  _globals['_ROTATESIGNINGSECRETRESPONSE']._serialized_start=1183
+  _globals['_ROTATESIGNINGSECRETRESPONSE']._serialized_end=1236
+  _globals['_WORKSPACESERVICE']._serialized_start=1239
+  _globals['_WORKSPACESERVICE']._serialized_end=1947
 # @@protoc_insertion_point(module_scope)

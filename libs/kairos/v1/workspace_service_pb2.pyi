@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from kairos.v1 import workspace_pb2 as _workspace_pb2
 from google.protobuf.internal import containers as _containers
@@ -105,3 +108,17 @@ class DeleteApiKeyRequest(_message.Message):
 class DeleteApiKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RotateSigningSecretRequest(_message.Message):
+    __slots__ = ("name", "grace_period")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grace_period: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RotateSigningSecretResponse(_message.Message):
+    __slots__ = ("signing_secret",)
+    SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
+    signing_secret: str
+    def __init__(self, signing_secret: _Optional[str] = ...) -> None: ...

@@ -71,6 +71,11 @@ class WorkspaceServiceStub:
                 request_serializer=kairos_dot_v1_dot_workspace__service__pb2.DeleteApiKeyRequest.SerializeToString,
                 response_deserializer=kairos_dot_v1_dot_workspace__service__pb2.DeleteApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RotateSigningSecret = channel.unary_unary(
+                '/kairos.v1.WorkspaceService/RotateSigningSecret',
+                request_serializer=kairos_dot_v1_dot_workspace__service__pb2.RotateSigningSecretRequest.SerializeToString,
+                response_deserializer=kairos_dot_v1_dot_workspace__service__pb2.RotateSigningSecretResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServiceServicer:
@@ -127,6 +132,14 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSigningSecret(self, request, context):
+        """Makes a new signing secret for the requests Kairos sends for the workspace (the http runner's, notify_url
+        callbacks), signed the Standard Webhooks way; the response carries it, shown this once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.DeleteApiKey,
                     request_deserializer=kairos_dot_v1_dot_workspace__service__pb2.DeleteApiKeyRequest.FromString,
                     response_serializer=kairos_dot_v1_dot_workspace__service__pb2.DeleteApiKeyResponse.SerializeToString,
+            ),
+            'RotateSigningSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSigningSecret,
+                    request_deserializer=kairos_dot_v1_dot_workspace__service__pb2.RotateSigningSecretRequest.FromString,
+                    response_serializer=kairos_dot_v1_dot_workspace__service__pb2.RotateSigningSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +375,33 @@ class WorkspaceService:
             '/kairos.v1.WorkspaceService/DeleteApiKey',
             kairos_dot_v1_dot_workspace__service__pb2.DeleteApiKeyRequest.SerializeToString,
             kairos_dot_v1_dot_workspace__service__pb2.DeleteApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSigningSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kairos.v1.WorkspaceService/RotateSigningSecret',
+            kairos_dot_v1_dot_workspace__service__pb2.RotateSigningSecretRequest.SerializeToString,
+            kairos_dot_v1_dot_workspace__service__pb2.RotateSigningSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class WorkspaceServiceStub:
     """Lists a workspace's API keys (never their secrets)."""
     DeleteApiKey: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.DeleteApiKeyRequest, _workspace_service_pb2.DeleteApiKeyResponse]
     """Revokes an API key."""
+    RotateSigningSecret: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.RotateSigningSecretRequest, _workspace_service_pb2.RotateSigningSecretResponse]
+    """Makes a new signing secret for the requests Kairos sends for the workspace (the http runner's, notify_url
+    callbacks), signed the Standard Webhooks way; the response carries it, shown this once.
+    """
 
 @_typing.type_check_only
 class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
@@ -71,6 +75,10 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     """Lists a workspace's API keys (never their secrets)."""
     DeleteApiKey: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.DeleteApiKeyRequest, _workspace_service_pb2.DeleteApiKeyResponse]  # type: ignore[assignment]
     """Revokes an API key."""
+    RotateSigningSecret: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.RotateSigningSecretRequest, _workspace_service_pb2.RotateSigningSecretResponse]  # type: ignore[assignment]
+    """Makes a new signing secret for the requests Kairos sends for the workspace (the http runner's, notify_url
+    callbacks), signed the Standard Webhooks way; the response carries it, shown this once.
+    """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administers workspaces and API keys. Served by the registry; workspace and key creation need the
@@ -132,5 +140,15 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_service_pb2.DeleteApiKeyResponse, _abc.Awaitable[_workspace_service_pb2.DeleteApiKeyResponse]]:
         """Revokes an API key."""
+
+    @_abc_1.abstractmethod
+    def RotateSigningSecret(
+        self,
+        request: _workspace_service_pb2.RotateSigningSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_service_pb2.RotateSigningSecretResponse, _abc.Awaitable[_workspace_service_pb2.RotateSigningSecretResponse]]:
+        """Makes a new signing secret for the requests Kairos sends for the workspace (the http runner's, notify_url
+        callbacks), signed the Standard Webhooks way; the response carries it, shown this once.
+        """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
