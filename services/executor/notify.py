@@ -35,7 +35,6 @@ from standardwebhooks import Webhook
 from kairos.core import messaging
 from kairos.core.feed import KvMirror
 from kairos.core.jetstream import JetStreamPublisher
-from kairos.core.names import parse_trigger
 from kairos.core.sealing import Sealer, SealingError
 from kairos.core.tasks import spawn
 from kairos.executor.models import CallbackStopRow
@@ -293,7 +292,7 @@ class Callbacks:
     async def _status_of_post(self, url: str, body: str, event: run_pb2.TraceEvent) -> int:
         """POSTs one callback and returns the answer's status. The answer's body is never read: a callback needs
         none, and the receiver (whose URL is the workspace's to choose) could make it as large as it likes."""
-        headers = self._signer.headers(parse_trigger(event.trigger, "trigger").workspace, event.id, body)
+        headers = self._signer.headers(parsed_trigger(event.trigger).workspace, event.id, body)
         async with self._http.stream("POST", url, content=body, headers=headers, timeout=TIMEOUT_S) as response:
             return response.status_code
 

@@ -13,8 +13,8 @@ import httpx
 from nats.aio.client import Client as NatsClient
 
 from kairos.core import messaging
-from kairos.core.names import parse_trigger
 from kairos.executor.notify import Signer
+from kairos.executor.runs import parsed_trigger
 from kairos.v1 import trigger_pb2
 
 # An http agent's answer is read up to this size, as a nats agent's is bounded by the NATS max payload (1 MiB by
@@ -81,7 +81,7 @@ class Runners:
 
     async def _http_post(self, url: str, envelope: dict[str, Any], timeout: float) -> Any:
         body = json.dumps(envelope)
-        workspace = parse_trigger(envelope["trigger"], "trigger").workspace
+        workspace = parsed_trigger(envelope["trigger"]).workspace
         headers = self._signer.headers(workspace, f"{envelope.get('run', '')}/{envelope.get('attempt', 0)}", body)
         try:
             async with self._http.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
