@@ -77,6 +77,13 @@ def _duration(text: str) -> timedelta:
     return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
 
 
+def _grace(text: str) -> duration_pb2.Duration:
+    """A rotation's `--grace`, as the request's grace_period."""
+    grace = duration_pb2.Duration()
+    grace.FromTimedelta(_duration(text))
+    return grace
+
+
 def _instant(text: str) -> datetime:
     try:
         instant = datetime.fromisoformat(text)
@@ -351,9 +358,7 @@ async def _webhooks(kairos: KairosClient, args: argparse.Namespace) -> None:
             response = await w.CreateWebhook(ws.CreateWebhookRequest(webhook=webhook))
             _print_secret(response.webhook, response.secret, args)
         case "rotate-secret":
-            grace = duration_pb2.Duration()
-            grace.FromTimedelta(args.grace)
-            request = ws.RotateWebhookSecretRequest(name=args.name, grace_period=grace)
+            request = ws.RotateWebhookSecretRequest(name=args.name, grace_period=args.grace)
             response = await w.RotateWebhookSecret(request)
             _print_secret(response.webhook, response.secret, args)
         case "enable" | "disable":
@@ -406,9 +411,7 @@ async def _workspaces(kairos: KairosClient, args: argparse.Namespace) -> None:
             _print(response.api_key)
             print(f"\nAPI key: {response.key}   (shown once; store it now)")
         case "rotate-signing-secret":
-            grace = duration_pb2.Duration()
-            grace.FromTimedelta(args.grace)
-            request = ws.RotateSigningSecretRequest(name=f"workspaces/{args.id}", grace_period=grace)
+            request = ws.RotateSigningSecretRequest(name=f"workspaces/{args.id}", grace_period=args.grace)
             secret = (await w.RotateSigningSecret(request)).signing_secret
             print(f"KAIROS_SIGNING_SECRET={secret}")
             print("kairos: shown once; verify the requests Kairos sends for the workspace with it", file=sys.stderr)
@@ -507,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("name")
     rotate.add_argument(
         "--grace",
-        type=_duration,
-        default=timedelta(0),
+        type=_grace,
+        default=duration_pb2.Duration(),
         help="keep the old secrets valid this long, e.g. 1d (default: revoke them now)",
     )
     for secret_command in (create_webhook, rotate):
@@ -560,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     signing.add_argument("--id", default="-", help="the workspace (default: the API key's own)")
     signing.add_argument(
         "--grace",
-        type=_duration,
-        default=timedelta(0),
+        type=_grace,
+        default=duration_pb2.Duration(),
         help="keep signing with the old secrets too this long, e.g. 1d (default: stop them now)",
     )
     return parser

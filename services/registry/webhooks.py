@@ -34,6 +34,19 @@ SIGNING_SECRET_PREFIX = "whsec_"
 SIGNING_KEY_BYTES = 24
 
 
+def grace_period_of(grace: duration_pb2.Duration) -> timedelta:
+    """How long a rotation keeps the current secrets: INVALID_GRACE_PERIOD outside 0 to MAX_GRACE."""
+    grace_period = grace.ToTimedelta()
+    if grace_period < timedelta(0) or grace_period > MAX_GRACE:
+        raise invalid_argument("INVALID_GRACE_PERIOD", "grace_period", "must be between 0 and 30 days")
+    return grace_period
+
+
+def secret_key_not_configured(message: str) -> KairosError:
+    """FAILED_PRECONDITION for a signing secret asked for where the operator set no KAIROS_SECRET_KEY to seal it."""
+    return KairosError(grpc.StatusCode.FAILED_PRECONDITION, "SECRET_KEY_NOT_CONFIGURED", message)
+
+
 def new_signing_key() -> tuple[bytes, str]:
     """A random Standard Webhooks signing key and its `whsec_<base64>` form (what senders configure)."""
     key = random_source.token_bytes(SIGNING_KEY_BYTES)
@@ -85,11 +98,9 @@ class WebhookRegistry:
         row = WebhookCredentialRow(id=new_id("sec"), webhook_id=name.webhook, create_time=now)
         if mode == Mode.WEBHOOK_AUTH_MODE_STANDARD_WEBHOOKS:
             if self._sealer is None:
-                raise KairosError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "SECRET_KEY_NOT_CONFIGURED",
+                raise secret_key_not_configured(
                     "webhook.auth_mode: Standard Webhooks signing secrets are encrypted at rest; the operator must "
-                    "set KAIROS_SECRET_KEY (or use BEARER_TOKEN or SHARED_SECRET_HEADER)",
+                    "set KAIROS_SECRET_KEY (or use BEARER_TOKEN or SHARED_SECRET_HEADER)"
                 )
             key, secret = new_signing_key()
             row.digest = b""
@@ -216,9 +227,7 @@ class WebhookRegistry:
         await self._relay.flush_soon()
 
     async def rotate(self, name: WebhookName, grace: duration_pb2.Duration) -> tuple[webhook_pb2.Webhook, str]:
-        grace_period = grace.ToTimedelta()
-        if grace_period < timedelta(0) or grace_period > MAX_GRACE:
-            raise invalid_argument("INVALID_GRACE_PERIOD", "grace_period", "must be between 0 and 30 days")
+        grace_period = grace_period_of(grace)
         async with self._sessions() as session:
             row = await self._row(session, name)
             webhook = webhook_pb2.Webhook.FromString(row.body)

@@ -5,7 +5,7 @@ executor signs the workspace's outgoing requests with it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -20,7 +20,7 @@ from kairos.core.sealing import Sealer
 from kairos.registry import outbox
 from kairos.registry.models import ApiKeyRow, WorkspaceRow, WorkspaceSigningKeyRow
 from kairos.registry.triggers import check_update_mask, page_by_id, timestamp
-from kairos.registry.webhooks import MAX_GRACE, new_signing_key
+from kairos.registry.webhooks import grace_period_of, new_signing_key, secret_key_not_configured
 from kairos.v1 import feed_pb2, workspace_pb2
 
 UPDATABLE_WORKSPACE_PATHS = (
@@ -196,14 +196,10 @@ class WorkspaceRegistry:
     async def rotate_signing_secret(self, workspace_id: str, grace: duration_pb2.Duration) -> str:
         """A new signing key for the workspace's outgoing requests, returned as `whsec_<base64>` this once. The
         current keys keep signing (a second signature) for `grace`, or stop now."""
-        grace_period = grace.ToTimedelta()
-        if grace_period < timedelta(0) or grace_period > MAX_GRACE:
-            raise invalid_argument("INVALID_GRACE_PERIOD", "grace_period", "must be between 0 and 30 days")
+        grace_period = grace_period_of(grace)
         if self._sealer is None:
-            raise KairosError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "SECRET_KEY_NOT_CONFIGURED",
-                "signing secrets are encrypted at rest; the operator must set KAIROS_SECRET_KEY",
+            raise secret_key_not_configured(
+                "signing secrets are encrypted at rest; the operator must set KAIROS_SECRET_KEY"
             )
         name = f"workspaces/{workspace_id}"
         key, secret = new_signing_key()
